@@ -215,6 +215,11 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _describe(obj: object) -> str:
+    text = repr(obj)
+    return f"{type(obj).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
 def resolve_target(target: str) -> Callable[..., Any]:
     """Import ``"package.module:attribute.path"`` and return the callable it names.
 
@@ -246,7 +251,7 @@ def resolve_target(target: str) -> Callable[..., Any]:
         except AttributeError:
             raise WorkloadError(f"--jobs {target!r}: {module_name!r} has no attribute {attr_path!r}") from None
     if not callable(obj):
-        raise WorkloadError(f"--jobs {target!r}: {attr_path!r} is a {type(obj).__name__}, not a callable")
+        raise WorkloadError(f"--jobs {target!r}: {attr_path!r} is not callable (it is {_describe(obj)})")
     return obj  # type: ignore[no-any-return]
 
 
@@ -332,8 +337,8 @@ class UserWorkload:
         for index, job in enumerate(jobs):
             if not callable(job):
                 raise WorkloadError(
-                    f"--jobs {self.target!r}: the factory's item {index} is a {type(job).__name__}, "
-                    "not a callable"
+                    f"--jobs {self.target!r}: the factory's item {index} is not callable "
+                    f"(it is {_describe(job)})"
                 )
         return jobs
 
