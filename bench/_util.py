@@ -37,6 +37,7 @@ __all__ = [
     "check_reps",
     "child_main",
     "common_parser",
+    "engine_revision",
     "json_path_for",
     "machine_info",
     "markdown_table",
@@ -211,6 +212,20 @@ def machine_info() -> dict[str, Any]:
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "platform": platform.platform(),
     }
+
+
+def engine_revision() -> str:
+    """The git commit of the code under test, with ``+dirty`` if ``engine/`` has local changes."""
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                                 timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    rev = git("rev-parse", "--short", "HEAD") or "unknown"
+    return rev + ("+dirty" if git("status", "--porcelain", "--", "engine") else "")
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

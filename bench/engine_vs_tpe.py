@@ -3,30 +3,40 @@
 Workloads (the goals come from issue 2):
 
 * **W1** 100,000 no-op jobs on 4 workers: throughput; goal engine ≥ 1.5× TPE. The engine is
-  measured twice: one ``submit`` per job, and one ``submit_many`` for the whole batch.
+  measured with one ``submit`` per job and with one ``submit_many`` for the whole batch.
 * **W2** 2,000 jobs that each sleep 10 ms, on 100 workers: throughput against the ideal
   100 / 10 ms = 10,000 jobs/s; goal engine ≥ 0.95 of ideal.
 * **W3** 20,000 jobs on 4 workers, 20 % of them (picked by a seeded ``random.Random``) fail once
-  and then succeed, retry delay 0: goal engine ≥ 1.5× a TPE that resubmits failures. Two TPE
-  baselines, and the ratio is given against each: resubmission from a done-callback (each job
-  keeps one outer ``Future`` that settles after its last attempt, like the engine's handle), and
-  a loop that waits for a whole round and then resubmits that round's failures.
+  and then succeed, retry delay 0: goal engine ≥ 1.5× a TPE that resubmits failures. TPE
+  resubmits either from a done-callback (each job keeps one outer ``Future`` that settles after
+  its last attempt, like the engine's handle) or in rounds (wait for a whole round, then resubmit
+  that round's failures).
 * **MEM** 1,000,000 queued no-op jobs with their handles kept: bytes per job, from the RSS before
   and after submitting while no job can start (engine: ``pause()``; TPE: its 4 workers blocked on a
   ``threading.Event`` gate). Goal ≤ 1 KiB per job.
 
-Method: every measured run is a fresh subprocess (``bench._util.run_child``), and the sides of a
-workload take turns (engine first on even repetitions, TPE first on odd ones). A throughput run is
-timed with ``time.perf_counter`` from building the executor, through submitting every job and
-``concurrent.futures.wait`` on all handles, to the return of ``shutdown(wait=True)``. Ratios are
-engine / baseline per repetition, then summarised as median and range (min–max).
+How a throughput run waits for all its jobs matters a lot, so each is measured both ways and
+ratios only compare runs that wait the same way:
 
-Run: ``python -m bench engine_vs_tpe [--reps N] [--quick] [--json PATH]``.
+* ``wait()``: ``concurrent.futures.wait(handles)``, the same code for both executors;
+* native: each executor's own way. Engine: ``Dispatcher.join()``. TPE: ``shutdown(wait=True)``
+  alone (it drains the queue); TPE resubmitting from callbacks: a countdown latch the callbacks
+  trip when the last job settles.
+
+Method: every measured run is a fresh subprocess (``bench._util.run_child``), and the sides of a
+workload take turns (the side order is reversed on odd repetitions). A throughput run is timed
+with ``time.perf_counter`` from building the executor, through submitting every job and waiting for
+all of them, to the return of ``shutdown(wait=True)``; imports happen before the clock starts.
+Ratios are engine / baseline per repetition, summarised as median and range (min–max).
+
+Run: ``python -m bench engine_vs_tpe [--reps N] [--quick] [--only W1] [--json PATH]``.
 """
 
 from __future__ import annotations
 
 import gc
+import itertools
+import os
 import random
 import sys
 import threading
@@ -41,6 +51,7 @@ from bench._util import (
     Summary,
     check_reps,
     common_parser,
+    engine_revision,
     machine_info,
     markdown_table,
     rss_kib,
@@ -115,108 +126,183 @@ def _wait_all(handles: Sequence[Future[Any]]) -> None:
         raise RuntimeError(f"{len(not_done)} jobs not done after {WAIT_TIMEOUT_S:g} s")
 
 
-def _engine(workers: int, **extra: Any) -> Any:
-    from engine import Dispatcher  # imported in engine children only
+def _engine_factory(workers: int, **extra: Any) -> Callable[[], Any]:
+    """A maker of the engine under test: a fixed pool, no autoscaling, no periodic log line.
 
-    return Dispatcher(min_workers=workers, max_workers=workers, autoscale=False,
-                      log_interval_s=0, **extra)
+    ``engine`` is imported here, before a run starts its clock (import time is not measured),
+    and only in engine children, so a TPE child's heap never holds it.
+    """
+    from engine import Dispatcher
+
+    return partial(Dispatcher, min_workers=workers, max_workers=workers, autoscale=False,
+                   log_interval_s=0, **extra)
 
 
 # --------------------------------------------------------------------------------------------
 # Child-side runs: each is called in a fresh interpreter by run_child and returns a dict.
 
 
-def w1_engine(n: int, workers: int, form: str) -> dict[str, Any]:
-    """W1 on the engine; ``form`` is ``"submit"`` (one call per job) or ``"submit_many"``."""
+class _Stopwatch:
+    """``time.perf_counter`` marks for one run: the total and the time of each phase."""
+
+    def __init__(self) -> None:
+        self._marks: list[tuple[str, float]] = [("start", time.perf_counter())]
+
+    def mark(self, phase: str) -> None:
+        """End the phase called ``phase`` now."""
+        self._marks.append((phase, time.perf_counter()))
+
+    def result(self) -> dict[str, Any]:
+        """``elapsed_s`` (first mark to last) and ``phases_s`` (seconds per phase)."""
+        marks = self._marks
+        phases = {name: t - marks[i][1] for i, (name, t) in enumerate(marks[1:])}
+        return {"elapsed_s": marks[-1][1] - marks[0][1], "phases_s": phases}
+
+
+def _check_form(form: str) -> None:
     if form not in ("submit", "submit_many"):
         raise ValueError(f"form must be 'submit' or 'submit_many'; got {form!r}")
-    started = time.perf_counter()
-    d = _engine(workers)
+
+
+def _check_until(until: str) -> None:
+    if until not in ("wait", "native"):
+        raise ValueError(f"until must be 'wait' or 'native'; got {until!r}")
+
+
+def _engine_until(d: Any, handles: Sequence[Future[Any]], until: str) -> None:
+    """Wait for every engine job: ``concurrent.futures.wait`` or ``Dispatcher.join``."""
+    if until == "wait":
+        _wait_all(handles)
+    elif not d.join(timeout_s=WAIT_TIMEOUT_S):
+        raise RuntimeError(f"the dispatcher did not settle within {WAIT_TIMEOUT_S:g} s")
+
+
+def _tpe_until(futures: Sequence[Future[Any]], until: str) -> None:
+    """Wait for every TPE job: ``concurrent.futures.wait``, or nothing (``shutdown`` drains)."""
+    if until == "wait":
+        _wait_all(futures)
+
+
+def w1_engine(n: int, workers: int, form: str, until: str) -> dict[str, Any]:
+    """W1 on the engine; ``form`` is ``"submit"`` (one call per job) or ``"submit_many"``."""
+    _check_form(form)
+    _check_until(until)
+    make = _engine_factory(workers)
+    watch = _Stopwatch()
+    d = make()
+    watch.mark("build")
     if form == "submit":
         handles = [d.submit(noop) for _ in range(n)]
     else:
         handles = d.submit_many(noop, [()] * n)
-    _wait_all(handles)
+    watch.mark("submit")
+    _engine_until(d, handles, until)
+    watch.mark("wait")
     d.shutdown(wait=True)
-    elapsed = time.perf_counter() - started
-    return {"elapsed_s": elapsed, "jobs": _check_all_succeeded(handles, n)}
+    watch.mark("shutdown")
+    return {**watch.result(), "jobs": _check_all_succeeded(handles, n)}
 
 
-def w1_tpe(n: int, workers: int) -> dict[str, Any]:
+def w1_tpe(n: int, workers: int, until: str) -> dict[str, Any]:
     """W1 on ThreadPoolExecutor."""
-    started = time.perf_counter()
+    _check_until(until)
+    watch = _Stopwatch()
     ex = ThreadPoolExecutor(max_workers=workers)
+    watch.mark("build")
     futures = [ex.submit(noop) for _ in range(n)]
-    _wait_all(futures)
+    watch.mark("submit")
+    _tpe_until(futures, until)
+    watch.mark("wait")
     ex.shutdown(wait=True)
-    elapsed = time.perf_counter() - started
-    return {"elapsed_s": elapsed, "jobs": _check_all_succeeded(futures, n)}
+    watch.mark("shutdown")
+    return {**watch.result(), "jobs": _check_all_succeeded(futures, n)}
 
 
-def w2_engine(n: int, workers: int, sleep_s: float) -> dict[str, Any]:
+def w2_engine(n: int, workers: int, sleep_s: float, until: str) -> dict[str, Any]:
     """W2 on the engine (one ``submit`` per job)."""
-    started = time.perf_counter()
-    d = _engine(workers)
+    _check_until(until)
+    make = _engine_factory(workers)
+    watch = _Stopwatch()
+    d = make()
+    watch.mark("build")
     handles = [d.submit(sleeper, sleep_s) for _ in range(n)]
-    _wait_all(handles)
+    watch.mark("submit")
+    _engine_until(d, handles, until)
+    watch.mark("wait")
     d.shutdown(wait=True)
-    elapsed = time.perf_counter() - started
-    return {"elapsed_s": elapsed, "jobs": _check_all_succeeded(handles, n)}
+    watch.mark("shutdown")
+    return {**watch.result(), "jobs": _check_all_succeeded(handles, n)}
 
 
-def w2_tpe(n: int, workers: int, sleep_s: float) -> dict[str, Any]:
-    """W2 on ThreadPoolExecutor."""
-    started = time.perf_counter()
+def w2_tpe(n: int, workers: int, sleep_s: float, until: str) -> dict[str, Any]:
+    """W2 on ThreadPoolExecutor (it starts its threads lazily, inside the submit phase)."""
+    _check_until(until)
+    watch = _Stopwatch()
     ex = ThreadPoolExecutor(max_workers=workers)
+    watch.mark("build")
     futures = [ex.submit(sleeper, sleep_s) for _ in range(n)]
-    _wait_all(futures)
+    watch.mark("submit")
+    _tpe_until(futures, until)
+    watch.mark("wait")
     ex.shutdown(wait=True)
-    elapsed = time.perf_counter() - started
-    return {"elapsed_s": elapsed, "jobs": _check_all_succeeded(futures, n)}
+    watch.mark("shutdown")
+    return {**watch.result(), "jobs": _check_all_succeeded(futures, n)}
 
 
 def w3_engine(n: int, workers: int, fail_fraction: float, seed: int, max_retries: int,
-              form: str) -> dict[str, Any]:
+              form: str, until: str) -> dict[str, Any]:
     """W3 on the engine: its own retries, delay 0, no jitter."""
     from engine import RetryPolicy
 
-    if form not in ("submit", "submit_many"):
-        raise ValueError(f"form must be 'submit' or 'submit_many'; got {form!r}")
+    _check_form(form)
+    _check_until(until)
     fails = failing_set(n, fail_fraction, seed)
     flaky = make_flaky(fails)
-    retry = RetryPolicy(max_retries=max_retries, base_s=0.0, jitter="none")
-    started = time.perf_counter()
-    d = _engine(workers, retry=retry)
+    make = _engine_factory(workers, retry=RetryPolicy(max_retries=max_retries, base_s=0.0, jitter="none"))
+    watch = _Stopwatch()
+    d = make()
+    watch.mark("build")
     if form == "submit":
         handles = [d.submit(flaky, i) for i in range(n)]
     else:
         handles = d.submit_many(flaky, [(i,) for i in range(n)])
-    _wait_all(handles)
+    watch.mark("submit")
+    _engine_until(d, handles, until)
+    watch.mark("wait")
     d.shutdown(wait=True)
-    elapsed = time.perf_counter() - started
+    watch.mark("shutdown")
     attempts = sum(h.attempts for h in handles)
     if attempts != n + sum(fails):
         raise RuntimeError(f"expected {n + sum(fails)} attempts, counted {attempts}")
-    return {"elapsed_s": elapsed, "jobs": _check_all_succeeded(handles, n), "attempts": attempts}
+    return {**watch.result(), "jobs": _check_all_succeeded(handles, n), "attempts": attempts}
 
 
 def w3_tpe_callback(n: int, workers: int, fail_fraction: float, seed: int,
-                    max_retries: int) -> dict[str, Any]:
+                    max_retries: int, until: str) -> dict[str, Any]:
     """W3 on ThreadPoolExecutor, resubmitting a failed attempt from its done-callback.
 
     Each job has one outer ``Future`` (what the caller keeps, like the engine's handle); each
     attempt is an inner TPE future whose callback either settles the outer one or resubmits.
+    ``until="native"`` waits on a latch that the callback settling the last job trips.
     """
+    _check_until(until)
     fails = failing_set(n, fail_fraction, seed)
     flaky = make_flaky(fails)
-    attempts = [0]  # only the GIL-atomic list item increment touches it
+    attempt_ids = itertools.count(1)  # next() on a count is atomic in CPython
+    settled_ids = itertools.count(1)
+    all_settled = threading.Event()
 
-    started = time.perf_counter()
+    def settled() -> None:
+        if next(settled_ids) == n:
+            all_settled.set()
+
+    watch = _Stopwatch()
     ex = ThreadPoolExecutor(max_workers=workers)
     outers: list[Future[int]] = [Future() for _ in range(n)]
+    watch.mark("build")
 
     def launch(i: int, attempt: int) -> None:
-        attempts[0] += 1
+        next(attempt_ids)
         inner = ex.submit(flaky, i)
         inner.add_done_callback(partial(settle, i, attempt))
 
@@ -224,27 +310,38 @@ def w3_tpe_callback(n: int, workers: int, fail_fraction: float, seed: int,
         exc = inner.exception()
         if exc is None:
             outers[i].set_result(inner.result())
+            settled()
         elif attempt < max_retries:
             launch(i, attempt + 1)
         else:
             outers[i].set_exception(exc)
+            settled()
 
     for i in range(n):
         launch(i, 0)
-    _wait_all(outers)
+    watch.mark("submit")
+    if until == "wait":
+        _wait_all(outers)
+    elif not all_settled.wait(WAIT_TIMEOUT_S):
+        raise RuntimeError(f"TPE jobs did not settle within {WAIT_TIMEOUT_S:g} s")
+    watch.mark("wait")
     ex.shutdown(wait=True)
-    elapsed = time.perf_counter() - started
-    return {"elapsed_s": elapsed, "jobs": _check_all_succeeded(outers, n), "attempts": attempts[0]}
+    watch.mark("shutdown")
+    attempts = next(attempt_ids) - 1
+    if attempts != n + sum(fails):
+        raise RuntimeError(f"expected {n + sum(fails)} attempts, counted {attempts}")
+    return {**watch.result(), "jobs": _check_all_succeeded(outers, n), "attempts": attempts}
 
 
 def w3_tpe_rounds(n: int, workers: int, fail_fraction: float, seed: int,
                   max_retries: int) -> dict[str, Any]:
-    """W3 on ThreadPoolExecutor, in rounds: submit, wait for all, resubmit the failures."""
+    """W3 on ThreadPoolExecutor, in rounds: submit, ``wait()`` for all, resubmit the failures."""
     fails = failing_set(n, fail_fraction, seed)
     flaky = make_flaky(fails)
     attempts = 0
-    started = time.perf_counter()
+    watch = _Stopwatch()
     ex = ThreadPoolExecutor(max_workers=workers)
+    watch.mark("build")
     final: list[Future[int] | None] = [None] * n
     pending = list(range(n))
     for _round in range(max_retries + 1):
@@ -259,17 +356,19 @@ def w3_tpe_rounds(n: int, workers: int, fail_fraction: float, seed: int,
             if f.exception() is not None:
                 failed.append(i)
         pending = failed
+    watch.mark("rounds")
     ex.shutdown(wait=True)
-    elapsed = time.perf_counter() - started
+    watch.mark("shutdown")
+    if attempts != n + sum(fails):
+        raise RuntimeError(f"expected {n + sum(fails)} attempts, counted {attempts}")
     handles = [f for f in final if f is not None]
-    return {"elapsed_s": elapsed, "jobs": _check_all_succeeded(handles, n), "attempts": attempts}
+    return {**watch.result(), "jobs": _check_all_succeeded(handles, n), "attempts": attempts}
 
 
 def mem_engine(n: int, workers: int, form: str) -> dict[str, Any]:
     """MEM on the engine: RSS growth while ``n`` jobs sit in the paused backlog."""
-    if form not in ("submit", "submit_many"):
-        raise ValueError(f"form must be 'submit' or 'submit_many'; got {form!r}")
-    d = _engine(workers)
+    _check_form(form)
+    d = _engine_factory(workers)()
     d.pause()
     gc.collect()
     before = rss_kib()
@@ -283,8 +382,8 @@ def mem_engine(n: int, workers: int, form: str) -> dict[str, Any]:
     after = rss_kib()
     queued = d.snapshot().backlog
     report = d.shutdown(wait=True, cancel_futures=True)
-    if len(handles) != n:
-        raise RuntimeError(f"expected {n} handles, got {len(handles)}")
+    if len(handles) != n or queued != n:
+        raise RuntimeError(f"expected {n} handles and queued jobs, got {len(handles)} and {queued}")
     return {"jobs": n, "rss_before_kib": before, "rss_after_kib": after,
             "bytes_per_job": (after - before) * 1024 / n, "submit_s": submit_s,
             "backlog_seen": queued, "cancelled": len(report.cancelled)}
@@ -317,6 +416,8 @@ def mem_tpe(n: int, workers: int) -> dict[str, Any]:
     ex.shutdown(wait=True)
     cancelled = sum(1 for f in futures if f.cancelled())
     _wait_all(blockers)
+    if queued != n:
+        raise RuntimeError(f"expected {n} queued jobs, got {queued}")
     return {"jobs": n, "rss_before_kib": before, "rss_after_kib": after,
             "bytes_per_job": (after - before) * 1024 / n, "submit_s": submit_s,
             "backlog_seen": queued, "cancelled": cancelled}
@@ -326,28 +427,37 @@ def mem_tpe(n: int, workers: int) -> dict[str, Any]:
 # Parent side: which runs make a workload, how they are summarised.
 
 
+WAIT = "wait()"
+NATIVE = "native"
+
+
 @dataclass(frozen=True)
 class Side:
-    """One contender in a workload: a label and the child function that measures it."""
+    """One contender in a workload: a label, the child function that measures it, and how it
+    waits for all its jobs (``group``: ratios only compare sides of the same group)."""
 
     label: str
     function: str
     kwargs: dict[str, Any]
     engine: bool
+    group: str
 
 
 @dataclass(frozen=True)
 class Workload:
-    """A workload: its sides, the baseline label, what is measured and the goal."""
+    """A workload: its sides, what is measured and the goal."""
 
     key: str
     title: str
     kind: str  # "throughput" or "memory"
     sides: tuple[Side, ...]
-    baselines: tuple[str, ...]  # labels of the baseline sides; ratios are given against each
     goal: str
     ideal_jobs_per_s: float | None = None
     runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def baselines(self, group: str) -> list[str]:
+        """Labels of the TPE sides in ``group``."""
+        return [s.label for s in self.sides if not s.engine and s.group == group]
 
 
 def workloads() -> list[Workload]:
@@ -357,27 +467,36 @@ def workloads() -> list[Workload]:
     w3 = {"n": W3_JOBS, "workers": W3_WORKERS, "fail_fraction": W3_FAIL_FRACTION,
           "seed": W3_SEED, "max_retries": W3_MAX_RETRIES}
     mem = {"n": MEM_JOBS, "workers": MEM_WORKERS}
+    wait_, native = {"until": "wait"}, {"until": "native"}
     return [
         Workload("W1", "100,000 no-op jobs, 4 workers", "throughput", (
-            Side("engine submit", "w1_engine", {**w1, "form": "submit"}, True),
-            Side("engine submit_many", "w1_engine", {**w1, "form": "submit_many"}, True),
-            Side("TPE", "w1_tpe", w1, False),
-        ), ("TPE",), "engine ≥ 1.5× TPE"),
+            Side("engine submit + wait()", "w1_engine", {**w1, "form": "submit", **wait_}, True, WAIT),
+            Side("engine submit_many + wait()", "w1_engine", {**w1, "form": "submit_many", **wait_}, True, WAIT),
+            Side("TPE + wait()", "w1_tpe", {**w1, **wait_}, False, WAIT),
+            Side("engine submit + join()", "w1_engine", {**w1, "form": "submit", **native}, True, NATIVE),
+            Side("engine submit_many + join()", "w1_engine", {**w1, "form": "submit_many", **native}, True, NATIVE),
+            Side("TPE + shutdown()", "w1_tpe", {**w1, **native}, False, NATIVE),
+        ), "engine ≥ 1.5× TPE"),
         Workload("W2", "2,000 jobs × 10 ms sleep, 100 workers", "throughput", (
-            Side("engine submit", "w2_engine", w2, True),
-            Side("TPE", "w2_tpe", w2, False),
-        ), ("TPE",), "engine ≥ 0.95 of ideal 10,000 jobs/s", ideal_jobs_per_s=W2_IDEAL_JOBS_PER_S),
+            Side("engine submit + wait()", "w2_engine", {**w2, **wait_}, True, WAIT),
+            Side("TPE + wait()", "w2_tpe", {**w2, **wait_}, False, WAIT),
+            Side("engine submit + join()", "w2_engine", {**w2, **native}, True, NATIVE),
+            Side("TPE + shutdown()", "w2_tpe", {**w2, **native}, False, NATIVE),
+        ), "engine ≥ 0.95 of ideal 10,000 jobs/s", ideal_jobs_per_s=W2_IDEAL_JOBS_PER_S),
         Workload("W3", "20,000 jobs, 20% fail once, retry delay 0, 4 workers", "throughput", (
-            Side("engine submit", "w3_engine", {**w3, "form": "submit"}, True),
-            Side("engine submit_many", "w3_engine", {**w3, "form": "submit_many"}, True),
-            Side("TPE resubmit (callback)", "w3_tpe_callback", w3, False),
-            Side("TPE resubmit (rounds)", "w3_tpe_rounds", w3, False),
-        ), ("TPE resubmit (callback)", "TPE resubmit (rounds)"), "engine ≥ 1.5× TPE resubmitting"),
+            Side("engine submit + wait()", "w3_engine", {**w3, "form": "submit", **wait_}, True, WAIT),
+            Side("engine submit_many + wait()", "w3_engine", {**w3, "form": "submit_many", **wait_}, True, WAIT),
+            Side("TPE callback-resubmit + wait()", "w3_tpe_callback", {**w3, **wait_}, False, WAIT),
+            Side("TPE rounds-resubmit + wait()", "w3_tpe_rounds", w3, False, WAIT),
+            Side("engine submit + join()", "w3_engine", {**w3, "form": "submit", **native}, True, NATIVE),
+            Side("engine submit_many + join()", "w3_engine", {**w3, "form": "submit_many", **native}, True, NATIVE),
+            Side("TPE callback-resubmit + latch", "w3_tpe_callback", {**w3, **native}, False, NATIVE),
+        ), "engine ≥ 1.5× TPE resubmitting"),
         Workload("MEM", "1,000,000 queued no-op jobs, handles kept", "memory", (
-            Side("engine submit", "mem_engine", {**mem, "form": "submit"}, True),
-            Side("engine submit_many", "mem_engine", {**mem, "form": "submit_many"}, True),
-            Side("TPE", "mem_tpe", mem, False),
-        ), ("TPE",), "engine ≤ 1 KiB (1024 B) per job"),
+            Side("engine submit", "mem_engine", {**mem, "form": "submit"}, True, "queued"),
+            Side("engine submit_many", "mem_engine", {**mem, "form": "submit_many"}, True, "queued"),
+            Side("TPE", "mem_tpe", mem, False, "queued"),
+        ), "engine ≤ 1 KiB (1024 B) per job"),
     ]
 
 
@@ -399,13 +518,12 @@ def run_workload(workload: Workload, reps: int, *, log: Callable[[str], None],
         for side in order:
             result = run_child(MODULE, side.function, side.kwargs)
             workload.runs[side.label].append(result)
-            log(f"{workload.key} rep {rep + 1}/{reps} {side.label}: "
-                f"{_value(workload, result):,.1f} {'B/job' if workload.kind == 'memory' else 'jobs/s'}")
+            unit = "B/job" if workload.kind == "memory" else "jobs/s"
+            log(f"{workload.key} rep {rep + 1}/{reps} {side.label}: {_value(workload, result):,.1f} {unit}")
 
 
 def summarise(workload: Workload) -> dict[str, Any]:
-    """Per side: value, ratio to each baseline (paired by repetition), peak RSS, goal verdict."""
-    base_values = {b: [_value(workload, r) for r in workload.runs[b]] for b in workload.baselines}
+    """Per side: value, ratio to each same-group baseline (paired by repetition), peak RSS, goal."""
     sides: dict[str, Any] = {}
     for side in workload.sides:
         runs = workload.runs.get(side.label)
@@ -414,6 +532,7 @@ def summarise(workload: Workload) -> dict[str, Any]:
         values = [_value(workload, r) for r in runs]
         entry: dict[str, Any] = {
             "engine": side.engine,
+            "group": side.group,
             "values": values,
             "value": Summary.of(values).to_dict(),
             "peak_rss_kib": Summary.of([r["peak_rss_kib"] for r in runs]).to_dict(),
@@ -422,18 +541,20 @@ def summarise(workload: Workload) -> dict[str, Any]:
             entry["submit_s"] = Summary.of([r["submit_s"] for r in runs]).to_dict()
         else:
             entry["elapsed_s"] = Summary.of([r["elapsed_s"] for r in runs]).to_dict()
+            entry["phases_s"] = {phase: Summary.of([r["phases_s"][phase] for r in runs]).to_dict()
+                                 for phase in runs[0]["phases_s"]}
         if side.engine:
             entry["ratio_to"] = {
-                b: Summary.of([v / bv for v, bv in zip(values, bvs, strict=True)]).to_dict()
-                for b, bvs in base_values.items()
+                b: Summary.of([v / _value(workload, br)
+                               for v, br in zip(values, workload.runs[b], strict=True)]).to_dict()
+                for b in workload.baselines(side.group) if workload.runs.get(b)
             }
         if workload.ideal_jobs_per_s:
             entry["fraction_of_ideal"] = Summary.of(
                 [v / workload.ideal_jobs_per_s for v in values]).to_dict()
         entry["goal_met"] = _goal_met(workload, entry) if side.engine else None
         sides[side.label] = entry
-    return {"title": workload.title, "kind": workload.kind, "baselines": list(workload.baselines),
-            "goal": workload.goal, "sides": sides}
+    return {"title": workload.title, "kind": workload.kind, "goal": workload.goal, "sides": sides}
 
 
 def _goal_met(workload: Workload, entry: dict[str, Any]) -> dict[str, bool] | bool:
@@ -450,24 +571,25 @@ def _fmt(summary: dict[str, Any], spec: str, unit: str = "") -> str:
 
 
 def _short(label: str) -> str:
-    return label.removeprefix("TPE resubmit ").strip("()") if label.startswith("TPE resubmit") else label
+    return label.split(" + ")[0].removeprefix("TPE ")
 
 
 def render(results: dict[str, Any]) -> str:
-    """The readable table: one row per side of each workload, then the notes."""
-    headers = ["workload", "side", "median (min–max)", "engine / baseline: median (min–max)",
+    """The readable tables: results per side, time per phase, then the notes."""
+    headers = ["workload", "side", "median (min–max)", "engine / TPE: median (min–max)",
                "goal", "peak RSS MiB"]
     rows: list[list[str]] = []
     for key, w in results["workloads"].items():
-        several = len(w["baselines"]) > 1
         for label, s in w["sides"].items():
             unit = " B/job" if w["kind"] == "memory" else " jobs/s"
             result = _fmt(s["value"], ",.0f", unit)
-            if "ratio_to" in s:
+            ratios = s.get("ratio_to")
+            several = ratios is not None and len(ratios) > 1
+            if ratios:
                 ratio = "; ".join((f"vs {_short(b)} " if several else "") + _fmt(r, ".2f", "×")
-                                  for b, r in s["ratio_to"].items())
+                                  for b, r in ratios.items())
             else:
-                ratio = "(baseline)"
+                ratio = "(baseline)" if not s["engine"] else ""
             goal_bits = []
             if "fraction_of_ideal" in s:
                 goal_bits.append(_fmt(s["fraction_of_ideal"], ".3f", " of ideal"))
@@ -479,14 +601,27 @@ def render(results: dict[str, Any]) -> str:
                 goal_bits.append("met" if met else "MISSED")
             rss = s["peak_rss_kib"]["median"] / 1024
             rows.append([key, label, result, ratio, " ".join(goal_bits), f"{rss:,.0f}"])
+    phase_rows = [
+        [key, label, ", ".join(f"{phase} {p['median'] * 1000:,.1f}" for phase, p in side["phases_s"].items())]
+        for key, w in results["workloads"].items() if w["kind"] == "throughput"
+        for label, side in w["sides"].items()
+    ]
     lines = [markdown_table(headers, rows), ""]
+    if phase_rows:
+        lines += ["Where the time goes (median ms per phase):", "",
+                  markdown_table(["workload", "side", "phases"], phase_rows), ""]
     for key, w in results["workloads"].items():
-        lines.append(f"{key}: {w['title']}. Goal: {w['goal']}. Baseline: {', '.join(w['baselines'])}.")
+        lines.append(f"{key}: {w['title']}. Goal: {w['goal']}.")
+    lines.append("Ratios compare sides that wait for their jobs the same way: wait() = "
+                 "concurrent.futures.wait on all handles; native = engine join(), TPE "
+                 "shutdown(wait=True) or a latch.")
     m = results["machine"]
-    lines.append(f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['python']}, {m['platform']}.")
+    lines.append(f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['python']}, {m['platform']}; "
+                 f"load average {results['load_before'][0]:.2f} before, "
+                 f"{results['load_after'][0]:.2f} after.")
     lines.append(f"{results['reps']} repetitions per side, each run in a fresh subprocess, sides "
                  f"alternating order; peak RSS is the median of the runs' VmHWM. "
-                 f"Wall time {results['wall_s']:.0f} s.")
+                 f"Engine at {results['engine_rev']}. Wall time {results['wall_s']:.0f} s.")
     return "\n".join(lines)
 
 
@@ -504,6 +639,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     chosen = [w for w in workloads() if not args.only or w.key in args.only]
+    load_before = os.getloadavg()
+    if load_before[0] > 0.5:
+        log(f"warning: load average {load_before[0]:.2f}: other processes will disturb the numbers")
     started = time.perf_counter()
     for workload in chosen:
         run_workload(workload, reps, log=log, baselines_only=args.baselines_only)
@@ -512,6 +650,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": " ".join(sys.orig_argv),
         "machine": machine_info(),
         "reps": reps,
+        "engine_rev": engine_revision(),
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
         "wall_s": time.perf_counter() - started,
         "workloads": {w.key: summarise(w) for w in chosen},
         "raw": {w.key: w.runs for w in chosen},
