@@ -59,8 +59,8 @@ exit status:
   130  interrupted by Ctrl-C (the summary is still printed)
 
 Ctrl-C with --headless: the first drains (finishes queued, scheduled and running jobs), the
-second cancels what is queued or scheduled and waits up to 1 s for running jobs, the third
-exits at once. The summary is printed after the first two.
+second cancels what is queued or scheduled and waits up to --force-wait-s for running jobs,
+the third exits at once. The summary is printed after the first two.
 """
 
 

@@ -37,6 +37,9 @@ full set with the values in effect)::
     failure_rate = 0.05
     failing_failure_rate = 0.9
 
+    [shutdown]
+    force_wait_s = 1.0
+
     [ui]
     refresh_s = 0.25
 
@@ -293,6 +296,8 @@ OPTIONS: tuple[Option, ...] = (
            "chance that a demo job's attempt fails", "P"),
     Option("failing_failure_rate", "demo.failing_failure_rate", "--failing-failure-rate",
            _Float(0.0, 1.0), "chance that an attempt of a failing-burst job fails", "P"),
+    Option("force_wait_s", "shutdown.force_wait_s", "--force-wait-s", _Float(0.0, 3600.0),
+           "how long a forceful shutdown waits for running jobs before abandoning them", "SECONDS"),
     Option("refresh_s", "ui.refresh_s", "--refresh-s", _Float(0.05, 60.0),
            "dashboard refresh interval, in seconds", "SECONDS"),
     Option("log_interval_s", "log_interval_s", "--log-interval-s", _Float(0.0, 86_400.0),
@@ -336,6 +341,7 @@ class Settings:
     job_spread_ms: float = 30.0
     failure_rate: float = 0.05
     failing_failure_rate: float = 0.9
+    force_wait_s: float = 1.0
     refresh_s: float = 0.25
     log_interval_s: float = 10.0
     seed: int | None = None
@@ -375,6 +381,7 @@ class Settings:
             "retry": self.retry_policy(),
             "autoscale": AutoscalePolicy() if self.autoscale else False,
             "log_interval_s": self.log_interval_s,
+            "force_wait_s": self.force_wait_s,
             "rng": rng,
         }
 
