@@ -225,7 +225,7 @@ def engine_revision() -> str:
         return out.stdout.strip() if out.returncode == 0 else ""
 
     rev = git("rev-parse", "--short", "HEAD") or "unknown"
-    return rev + ("+dirty" if git("status", "--porcelain", "--", "engine") else "")
+    return rev + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", "engine") else "")
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -5,7 +5,8 @@ Workloads (the goals come from issue 2):
 * **W1** 100,000 no-op jobs on 4 workers: throughput; goal engine ≥ 1.5× TPE. The engine is
   measured with one ``submit`` per job and with one ``submit_many`` for the whole batch.
 * **W2** 2,000 jobs that each sleep 10 ms, on 100 workers: throughput against the ideal
-  100 / 10 ms = 10,000 jobs/s; goal engine ≥ 0.95 of ideal.
+  100 / 10 ms = 10,000 jobs/s; goal engine ≥ 0.95 of ideal. A reference side measures the floor
+  of plain Python: 100 pre-started bare threads doing 20 sleeps each, with no executor at all.
 * **W3** 20,000 jobs on 4 workers, 20 % of them (picked by a seeded ``random.Random``) fail once
   and then succeed, retry delay 0: goal engine ≥ 1.5× a TPE that resubmits failures. TPE
   resubmits either from a done-callback (each job keeps one outer ``Future`` that settles after
@@ -249,6 +250,36 @@ def w2_tpe(n: int, workers: int, sleep_s: float, until: str) -> dict[str, Any]:
     return {**watch.result(), "jobs": _check_all_succeeded(futures, n)}
 
 
+def w2_bare(n: int, workers: int, sleep_s: float) -> dict[str, Any]:
+    """W2's floor: ``workers`` pre-started bare threads run ``n / workers`` sleeps each.
+
+    No executor, no futures, no thread start-up in the timing: how close plain Python threads
+    get to the ideal on this machine. The clock starts when a barrier releases them and stops
+    when the last one is joined.
+    """
+    per_thread, extra = divmod(n, workers)
+    if extra:
+        raise ValueError(f"n must be a multiple of workers; got n={n}, workers={workers}")
+    barrier = threading.Barrier(workers + 1)
+
+    def run() -> None:
+        barrier.wait(WAIT_TIMEOUT_S)
+        for _ in range(per_thread):
+            sleeper(sleep_s)
+
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    barrier.wait(WAIT_TIMEOUT_S)
+    watch = _Stopwatch()
+    for t in threads:
+        t.join(WAIT_TIMEOUT_S)
+    watch.mark("run")
+    if any(t.is_alive() for t in threads):
+        raise RuntimeError(f"bare threads still running after {WAIT_TIMEOUT_S:g} s")
+    return {**watch.result(), "jobs": n}
+
+
 def w3_engine(n: int, workers: int, fail_fraction: float, seed: int, max_retries: int,
               form: str, until: str) -> dict[str, Any]:
     """W3 on the engine: its own retries, delay 0, no jitter."""
@@ -482,6 +513,7 @@ def workloads() -> list[Workload]:
             Side("TPE + wait()", "w2_tpe", {**w2, **wait_}, False, WAIT),
             Side("engine submit + join()", "w2_engine", {**w2, **native}, True, NATIVE),
             Side("TPE + shutdown()", "w2_tpe", {**w2, **native}, False, NATIVE),
+            Side("bare threads, pre-started (floor)", "w2_bare", w2, False, "reference"),
         ), "engine ≥ 0.95 of ideal 10,000 jobs/s", ideal_jobs_per_s=W2_IDEAL_JOBS_PER_S),
         Workload("W3", "20,000 jobs, 20% fail once, retry delay 0, 4 workers", "throughput", (
             Side("engine submit + wait()", "w3_engine", {**w3, "form": "submit", **wait_}, True, WAIT),
@@ -588,8 +620,10 @@ def render(results: dict[str, Any]) -> str:
             if ratios:
                 ratio = "; ".join((f"vs {_short(b)} " if several else "") + _fmt(r, ".2f", "×")
                                   for b, r in ratios.items())
+            elif s["engine"]:
+                ratio = ""
             else:
-                ratio = "(baseline)" if not s["engine"] else ""
+                ratio = "(reference)" if s["group"] == "reference" else "(baseline)"
             goal_bits = []
             if "fraction_of_ideal" in s:
                 goal_bits.append(_fmt(s["fraction_of_ideal"], ".3f", " of ideal"))
