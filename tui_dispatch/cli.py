@@ -204,8 +204,9 @@ def _run_dashboard(settings: Settings, workload: Workload, engine_rng: random.Ra
     # Log lines must not scribble over the screen: the app shows what it wants in its Log panel
     # (through its own handler on the "engine" logger, if it attaches one).
     engine_log = logging.getLogger("engine")
+    old_level, quiet = engine_log.level, logging.NullHandler()
     engine_log.setLevel(logging.INFO)
-    engine_log.addHandler(logging.NullHandler())
+    engine_log.addHandler(quiet)
     source = LiveSource(Dispatcher(**settings.dispatcher_kwargs(engine_rng)), workload)
     try:
         app = make_app(
@@ -220,6 +221,8 @@ def _run_dashboard(settings: Settings, workload: Workload, engine_rng: random.Ra
         # Quitting with jobs pending was confirmed in the app: the source's close() cancels
         # what is left (forceful shutdown) unless the engine already stopped.
         source.close()
+        engine_log.removeHandler(quiet)
+        engine_log.setLevel(old_level)
     return int(app.return_code or 0)
 
 

@@ -26,9 +26,9 @@ full set with the values in effect)::
     jitter = "equal"                # "none", "full" or "equal"
 
     [bursts]
-    small = 10
+    small = 100
     large = 10000
-    failing = 20
+    failing = 100
 
     [demo]
     distribution = "lognormal"      # "lognormal", "uniform" or "fixed"
@@ -333,9 +333,9 @@ class Settings:
     retry_factor: float = 2.0
     retry_cap_s: float = 10.0
     retry_jitter: Jitter = "equal"
-    small_burst: int = 10
+    small_burst: int = 100
     large_burst: int = 10_000
-    failing_burst: int = 20
+    failing_burst: int = 100
     job_distribution: Distribution = "lognormal"
     job_mean_ms: float = 50.0
     job_spread_ms: float = 30.0
