@@ -210,10 +210,18 @@ def _latency_json(lat: Latency) -> dict[str, float | int]:
     return {"p50": round(lat.p50, 6), "p95": round(lat.p95, 6), "p99": round(lat.p99, 6), "samples": lat.count}
 
 
+def _duration_text(seconds: float) -> str:
+    if seconds < 0.001:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1.0:
+        return f"{seconds * 1000:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
 def _latency_text(lat: Latency) -> str:
     if not lat.count:
         return "no samples"
-    return (f"p50 {lat.p50 * 1000:.1f} ms  p95 {lat.p95 * 1000:.1f} ms  p99 {lat.p99 * 1000:.1f} ms"
+    return (f"p50 {_duration_text(lat.p50)}  p95 {_duration_text(lat.p95)}  p99 {_duration_text(lat.p99)}"
             f"  ({lat.count} recent attempts)")
 
 
