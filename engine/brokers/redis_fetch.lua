@@ -1,0 +1,66 @@
+-- Fetch a batch with a lease, after housekeeping. ARGV: base, now, count, lease deadline,
+-- worker id, dlq_max (0: no cap), scan limit.
+--   1. retries due at or before now move from scheduled to the end of ready;
+--   2. leases that ended at or before now are lost attempts (see lease_lost);
+--   3. unless the queue is paused, up to count ids move from ready to processing, each with
+--      a fresh lease token and one more attempt.
+-- Returns {next retry due or '', next lease deadline or '', promoted, reclaimed,
+--          missing, paused (0/1), id, token, attempt, payload, enqueued_at, id, token, ...}.
+local now, count, deadline, wid = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local dlq_max, scan = tonumber(ARGV[6]), tonumber(ARGV[7])
+
+local due = redis.call('ZRANGEBYSCORE', SCHED, '-inf', now, 'LIMIT', 0, scan)
+if #due > 0 then
+  chunked('ZREM', SCHED, due)
+  for _, id in ipairs(due) do
+    redis.call('HSET', jkey(id), 'e', now)
+  end
+  chunked('RPUSH', READY, due)
+  wake(#due)
+end
+
+local reclaimed = 0
+local expired = redis.call('ZRANGEBYSCORE', PROC, '-inf', now, 'LIMIT', 0, scan)
+for _, id in ipairs(expired) do
+  lease_lost(id, now, dlq_max, 'lost its lease (no heartbeat before the deadline)')
+  reclaimed = reclaimed + 1
+end
+
+local paused = 0
+if redis.call('HGET', CONTROL, 'paused') == '1' then
+  count = 0
+  paused = 1
+end
+
+local out = {'', '', #due, reclaimed, 0, paused}
+if count > 0 then
+  local ids = redis.call('LPOP', READY, count)
+  if ids then
+    local tok = redis.call('INCRBY', B .. 'tok', #ids) - #ids
+    local missing = 0
+    for _, id in ipairs(ids) do
+      local k = jkey(id)
+      local v = redis.call('HMGET', k, 'p', 'e')
+      if v[1] then
+        tok = tok + 1
+        local attempt = redis.call('HINCRBY', k, 'a', 1)
+        redis.call('HSET', k, 'l', tok, 'w', wid, 's', now)
+        redis.call('ZADD', PROC, deadline, id)
+        out[#out + 1] = id
+        out[#out + 1] = tostring(tok)
+        out[#out + 1] = attempt
+        out[#out + 1] = v[1]
+        out[#out + 1] = v[2] or now
+      else
+        missing = missing + 1
+      end
+    end
+    out[5] = missing
+  end
+end
+
+local ns = redis.call('ZRANGE', SCHED, 0, 0, 'WITHSCORES')
+local np = redis.call('ZRANGE', PROC, 0, 0, 'WITHSCORES')
+out[1] = ns[2] or ''
+out[2] = np[2] or ''
+return out

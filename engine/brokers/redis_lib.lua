@@ -1,0 +1,110 @@
+-- Shared helpers of the Redis broker's scripts (engine/brokers/redis.py). This text is
+-- prepended to every redis_*.lua script when it is registered, so each script runs as one
+-- atomic unit: a job is always in exactly one of ready / processing / scheduled / dlq.
+--
+-- ARGV[1] is the key base "<prefix>:{<queue>}:"; every key hangs off it (the braces keep a
+-- queue's keys in one hash slot). Per job there is one hash, <base>job:<id>, with fields
+--   p  the payload (JSON text written by the producer; never decoded here except best-effort)
+--   a  attempts started          e  when it last became ready (wall-clock seconds)
+--   l  lease token while leased   w  the leasing worker         s  when the lease started
+--   f  first failure time         x  last failure time          d  DLQ entry (JSON)
+-- Times are wall-clock seconds passed in by the caller's clock, never read here.
+
+local B = ARGV[1]
+local READY = B .. 'ready'            -- LIST of ids, oldest first
+local PROC = B .. 'processing'        -- ZSET id -> lease deadline
+local SCHED = B .. 'scheduled'        -- ZSET id -> retry due time
+local DLQ = B .. 'dlq'                -- ZSET id -> dead-letter sequence number
+local STATS = B .. 'stats'            -- HASH of fleet-wide counters
+local CONTROL = B .. 'control'        -- HASH: paused, min_workers, max_workers
+local WAKE = B .. 'wake'              -- LIST of wake-up tokens for idle fetchers
+
+local function jkey(id)
+  return B .. 'job:' .. id
+end
+
+-- Run cmd(key, ids...) in chunks that stay below Lua's unpack limit.
+local function chunked(cmd, key, ids)
+  for i = 1, #ids, 4000 do
+    redis.call(cmd, key, unpack(ids, i, math.min(i + 3999, #ids)))
+  end
+end
+
+-- Tell idle fetchers there is work: a few tokens, capped, so a busy fleet does not pile them up.
+local function wake(n)
+  if n > 0 then
+    local tokens = {}
+    for i = 1, math.min(n, 16) do
+      tokens[i] = '1'
+    end
+    redis.call('LPUSH', WAKE, unpack(tokens))
+    redis.call('LTRIM', WAKE, 0, 15)
+  end
+end
+
+-- A field of a job's payload, or nil when the payload is not a JSON object.
+local function payload_field(p, field)
+  local ok, obj = pcall(cjson.decode, p)
+  if ok and type(obj) == 'table' then
+    return obj[field]
+  end
+  return nil
+end
+
+-- Move a job (already out of every other structure) into the DLQ, evicting beyond dlq_max.
+local function dead_letter(id, entry, now, dlq_max)
+  local k = jkey(id)
+  redis.call('HSETNX', k, 'f', now)
+  redis.call('HSET', k, 'd', entry, 'x', now)
+  redis.call('ZADD', DLQ, redis.call('INCR', B .. 'dlqseq'), id)
+  redis.call('HINCRBY', STATS, 'dead_lettered', 1)
+  if dlq_max > 0 then
+    local over = redis.call('ZCARD', DLQ) - dlq_max
+    if over > 0 then
+      local old = redis.call('ZPOPMIN', DLQ, over)
+      for i = 1, #old, 2 do
+        redis.call('DEL', jkey(old[i]))
+      end
+      redis.call('HINCRBY', STATS, 'dlq_evicted', over)
+    end
+  end
+end
+
+-- An attempt whose lease ended without an outcome (its worker died, hung, lost Redis, or
+-- gave up on it): it counts as a failed attempt. With retries left the job goes straight back
+-- to the front of the ready list; otherwise it is dead-lettered. Returns 1 (requeued),
+-- 2 (dead-lettered) or 0 (no job data: nothing to do).
+local function lease_lost(id, now, dlq_max, why)
+  local k = jkey(id)
+  redis.call('ZREM', PROC, id)
+  local owner = redis.call('HGET', k, 'w') or '?'
+  redis.call('HDEL', k, 'l', 'w', 's')
+  local p = redis.call('HGET', k, 'p')
+  if not p then
+    return 0
+  end
+  local attempts = tonumber(redis.call('HGET', k, 'a') or '0') or 0
+  local max_retries = tonumber(payload_field(p, 'max_retries')) or 0
+  redis.call('HINCRBY', STATS, 'failed', 1)
+  redis.call('HSETNX', k, 'f', now)
+  redis.call('HSET', k, 'x', now)
+  if attempts <= max_retries then
+    redis.call('HINCRBY', STATS, 'retries', 1)
+    redis.call('HINCRBY', STATS, 'retry:' .. attempts, 1)
+    redis.call('HSET', k, 'e', now)
+    redis.call('LPUSH', READY, id)
+    wake(1)
+    return 1
+  end
+  local entry = cjson.encode({
+    exc_type = 'engine.brokers.redis.LeaseExpired',
+    exc_message = why .. ' (worker ' .. owner .. ')',
+    traceback = '',
+    attempts = attempts,
+    reason = 'retries exhausted (' .. max_retries .. ' retries); the last attempt ' .. why,
+    last_failure_at = tonumber(now),
+  })
+  dead_letter(id, entry, now, dlq_max)
+  return 2
+end
+

@@ -1,0 +1,54 @@
+-- Record the outcomes of a batch of attempts. ARGV: base, now, dlq_max, then 8 fields per
+-- outcome: kind ('ok' | 'retry' | 'dead'), id, lease token, run_s, wait_s, x1, x2, timed_out.
+--   ok:    the job succeeded and is deleted.
+--   retry: x1 = due time, x2 = the attempt that failed (the retry number); into scheduled.
+--   dead:  x1 = the DLQ entry (JSON); into the DLQ.
+-- An outcome whose token is not the job's current lease (the lease expired and the job was
+-- handed to another worker, or it was requeued) is ignored: that other run will report.
+-- Returns {accepted, stale}.
+local now, dlq_max = ARGV[2], tonumber(ARGV[3])
+local accepted, stale = 0, 0
+local n_ok, n_failed, n_retry, n_timeout = 0, 0, 0, 0
+local runs, waits = {}, {}
+for i = 4, #ARGV, 8 do
+  local kind, id, tok = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local k = jkey(id)
+  if redis.call('HGET', k, 'l') == tok then
+    accepted = accepted + 1
+    redis.call('ZREM', PROC, id)
+    runs[#runs + 1] = ARGV[i + 3]
+    waits[#waits + 1] = ARGV[i + 4]
+    if ARGV[i + 7] == '1' then
+      n_timeout = n_timeout + 1
+    end
+    if kind == 'ok' then
+      redis.call('DEL', k)
+      n_ok = n_ok + 1
+    else
+      redis.call('HDEL', k, 'l', 'w', 's')
+      n_failed = n_failed + 1
+      if kind == 'retry' then
+        redis.call('HSETNX', k, 'f', now)
+        redis.call('HSET', k, 'x', now)
+        redis.call('ZADD', SCHED, ARGV[i + 5], id)
+        redis.call('HINCRBY', STATS, 'retry:' .. ARGV[i + 6], 1)
+        n_retry = n_retry + 1
+      else
+        dead_letter(id, ARGV[i + 5], now, dlq_max)
+      end
+    end
+  else
+    stale = stale + 1
+  end
+end
+if n_ok > 0 then redis.call('HINCRBY', STATS, 'succeeded', n_ok) end
+if n_failed > 0 then redis.call('HINCRBY', STATS, 'failed', n_failed) end
+if n_retry > 0 then redis.call('HINCRBY', STATS, 'retries', n_retry) end
+if n_timeout > 0 then redis.call('HINCRBY', STATS, 'timed_out', n_timeout) end
+if #runs > 0 then
+  chunked('LPUSH', B .. 'lat:run', runs)
+  redis.call('LTRIM', B .. 'lat:run', 0, 2047)
+  chunked('LPUSH', B .. 'lat:wait', waits)
+  redis.call('LTRIM', B .. 'lat:wait', 0, 2047)
+end
+return {accepted, stale}
