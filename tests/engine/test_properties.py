@@ -1,0 +1,323 @@
+"""Property test: random mixes of job outcomes, retry settings, cancels and shutdown moments on a
+real Dispatcher (real threads, a FakeClock, a seeded rng). Whatever happens, every job ends in
+exactly one final state, never runs more than max_retries + 1 times, nothing is lost, and the
+snapshot's counters match what the jobs themselves saw."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import itertools
+import random
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine import (
+    AutoscalePolicy,
+    Dispatcher,
+    DispatcherClosed,
+    EngineState,
+    FakeClock,
+    JobHandle,
+    JobState,
+    Permanent,
+    RetryAfter,
+    RetryPolicy,
+    Snapshot,
+)
+from tests.engine.conftest import WAIT_S, stop
+
+# One script per job: what each successive call does.
+OK = ("ok",)
+outcomes = st.one_of(
+    st.just(OK),
+    st.tuples(st.just("fail"), st.integers(1, 4)),  # fail n times, then succeed
+    st.just(("always",)),  # always fail
+    st.just(("permanent",)),  # raise Permanent at once
+    st.tuples(st.just("retry_after"), st.integers(1, 3), st.sampled_from([0.0, 0.5, 2.0])),
+)
+
+
+@dataclass
+class Plan:
+    jobs: list[tuple[tuple, int]]  # (script, max_retries) per job
+    min_workers: int
+    max_workers: int
+    autoscale: bool
+    base_s: float
+    jitter: str
+    seed: int
+    moment: str  # "graceful_after_all" | "graceful_midway" | "forceful_midway"
+    moment_at: int  # jobs finished (forceful) or jobs submitted (graceful) before the shutdown
+    force_wait_s: float
+    cancel: list[int] = field(default_factory=list)  # job indexes the test tries to cancel
+
+
+@st.composite
+def plans(draw: st.DrawFn) -> Plan:
+    scripts = draw(st.lists(st.tuples(outcomes, st.integers(0, 3)), min_size=1, max_size=12))
+    lo = draw(st.integers(1, 3))
+    autoscale = draw(st.booleans())
+    hi = draw(st.integers(lo, 4)) if autoscale else lo
+    moment = draw(st.sampled_from(["graceful_after_all", "graceful_midway", "forceful_midway"]))
+    return Plan(
+        jobs=scripts,
+        min_workers=lo,
+        max_workers=hi,
+        autoscale=autoscale,
+        base_s=draw(st.sampled_from([0.0, 0.5])),
+        jitter=draw(st.sampled_from(["none", "full", "equal"])),
+        seed=draw(st.integers(0, 2**32 - 1)),
+        moment=moment,
+        moment_at=draw(st.integers(0, len(scripts))),
+        force_wait_s=draw(st.sampled_from([0.0, 1.0])),
+        cancel=draw(st.lists(st.integers(0, len(scripts) - 1), max_size=3, unique=True)),
+    )
+
+
+def expected_outcome(script: tuple, max_retries: int) -> tuple[JobState, int]:
+    """The final state and attempts of a job nobody cancels, from its script alone."""
+    kind = script[0]
+    if kind == "ok":
+        return JobState.SUCCEEDED, 1
+    if kind == "permanent":
+        return JobState.DEAD_LETTERED, 1
+    if kind == "always":
+        return JobState.DEAD_LETTERED, max_retries + 1
+    failures = script[1]
+    if failures <= max_retries:
+        return JobState.SUCCEEDED, failures + 1
+    return JobState.DEAD_LETTERED, max_retries + 1
+
+
+class Jobs:
+    """The job function, recording each call (no sleeping, no blocking)."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.scripts = [script for script, _ in plan.jobs]
+        self.calls: list[list[str]] = [[] for _ in plan.jobs]  # "ok" / "raise" per call
+
+    def run(self, index: int) -> int:
+        calls = self.calls[index]
+        script = self.scripts[index]
+        call_no = len(calls)
+        kind = script[0]
+        if kind == "ok" or (kind in ("fail", "retry_after") and call_no >= script[1]):
+            calls.append("ok")
+            return index
+        calls.append("raise")
+        if kind == "permanent":
+            raise Permanent(f"job {index} refuses")
+        if kind == "retry_after":
+            raise RetryAfter(script[2], f"job {index} busy")
+        raise ValueError(f"job {index} failed call {call_no + 1}")
+
+
+_names = itertools.count()
+
+
+def drive(d: Dispatcher, clock: FakeClock, until, snaps: list[Snapshot], what: str) -> None:
+    """Move fake time on (so retries fall due) until ``until()``; bounded in real time."""
+    deadline = time.monotonic() + WAIT_S
+    while not until():
+        assert time.monotonic() < deadline, f"timed out driving the clock until {what}"
+        snaps.append(d.snapshot(workers=False))
+        clock.advance(5.0)  # longer than any backoff (cap 4 s) or RetryAfter (2 s) delay
+        d.join(timeout_s=0.002)  # a bounded pause that ends at once when all is done
+
+
+def join_threads(prefix: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    for thread in threading.enumerate():
+        if thread.name.startswith(prefix + "-"):
+            thread.join(max(0.0, deadline - time.monotonic()))
+            assert not thread.is_alive(), f"{thread.name} outlived its dispatcher"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plan=plans())
+def test_every_job_ends_exactly_once_and_the_counters_match(plan: Plan) -> None:
+    clock = FakeClock(start=100.0, max_real_wait_s=0.05)
+    name = f"prop{next(_names)}"
+    policy = AutoscalePolicy(interval_s=0.25, up_sustain_s=0.0, up_cooldown_s=0.0,
+                             down_sustain_s=1.0, down_cooldown_s=1.0) if plan.autoscale else False
+    d = Dispatcher(
+        min_workers=plan.min_workers, max_workers=plan.max_workers, autoscale=policy,
+        retry=RetryPolicy(max_retries=3, base_s=plan.base_s, factor=2.0, cap_s=4.0, jitter=plan.jitter),
+        clock=clock, rng=random.Random(plan.seed), log_interval_s=0, force_wait_s=plan.force_wait_s,
+        name=name,
+    )
+    jobs = Jobs(plan)
+    handles: list[JobHandle] = []
+    user_cancelled: set[int] = set()
+    snaps: list[Snapshot] = []
+    finished = threading.Semaphore(0)
+    report = None
+    try:
+        submit_count = plan.moment_at if plan.moment == "graceful_midway" else len(plan.jobs)
+        for index, (_, max_retries) in enumerate(plan.jobs[:submit_count]):
+            handle = d.submit_job(jobs.run, args=(index,), max_retries=max_retries, name=f"job{index}")
+            handle.add_done_callback(lambda _f: finished.release())
+            handles.append(handle)
+        for index in plan.cancel:
+            if index < len(handles) and handles[index].cancel():
+                user_cancelled.add(index)
+
+        if plan.moment == "graceful_after_all":
+            drive(d, clock, lambda: d.join(timeout_s=0), snaps, "all jobs finished")
+            report = d.shutdown(wait=True)
+        elif plan.moment == "graceful_midway":
+            d.shutdown(wait=False)
+            try:
+                d.submit(jobs.run, 0)
+                raise AssertionError("submit after shutdown must raise DispatcherClosed")
+            except DispatcherClosed:
+                pass
+            drive(d, clock, lambda: d.state is EngineState.STOPPED, snaps, "the graceful shutdown ended")
+            report = d.shutdown(wait=True)
+        else:
+            target = min(plan.moment_at, len(handles))
+            acquired = 0
+
+            def enough_finished() -> bool:
+                nonlocal acquired
+                while acquired < target and finished.acquire(blocking=False):
+                    acquired += 1
+                return acquired >= target
+
+            drive(d, clock, enough_finished, snaps, f"{target} jobs finished")
+            report = stop(d, clock, cancel_futures=True)
+    finally:
+        if report is None:
+            stop(d, clock, cancel_futures=True)
+        join_threads(name)  # abandoned threads included: their calls must all be recorded
+
+    # -- every snapshot taken along the way added up, and counters only grew -------------------
+    for snap in snaps:
+        assert snap.consistent, snap
+    for before, after in zip(snaps, snaps[1:]):
+        for counter in ("submitted", "succeeded", "failed", "retries", "dead_lettered", "cancelled"):
+            assert getattr(after.counters, counter) >= getattr(before.counters, counter)
+
+    # -- nothing is lost: every handle is done, in exactly one final state ------------------------
+    assert report.completed
+    by_state: Counter[JobState] = Counter()
+    for index, handle in enumerate(handles):
+        script, max_retries = plan.jobs[index]
+        assert handle.done(), f"job {index} not done: {handle!r}"
+        state = handle.state
+        assert state.final
+        by_state[state] += 1
+        assert handle.cancelled() == (state is JobState.CANCELLED)
+        if state is JobState.SUCCEEDED:
+            assert handle.result(timeout=0) == index
+            assert jobs.calls[index][-1] == "ok" and jobs.calls[index].count("ok") == 1
+        elif state is JobState.DEAD_LETTERED:
+            assert handle.exception(timeout=0) is not None
+            assert "ok" not in jobs.calls[index]
+        assert handle.attempts <= max_retries + 1
+        assert handle.attempts == len(jobs.calls[index])  # every attempt ran exactly once
+        if index in user_cancelled:
+            assert state is JobState.CANCELLED
+        if plan.moment != "forceful_midway" and index not in user_cancelled:
+            assert (state, handle.attempts) == expected_outcome(script, max_retries), f"job {index} {script}"
+
+    # -- the counters match what the jobs saw -------------------------------------------------------
+    snap = d.snapshot()
+    c = snap.counters
+    assert snap.consistent and snap.state is EngineState.STOPPED
+    assert snap.backlog == snap.scheduled == snap.in_flight == 0
+    assert c.submitted == len(handles)
+    assert c.succeeded == by_state[JobState.SUCCEEDED]
+    assert c.dead_lettered == by_state[JobState.DEAD_LETTERED] == snap.dlq_size
+    assert c.cancelled == by_state[JobState.CANCELLED]
+    assert c.timed_out == 0
+    abandoned = {job_id for job_id, _ in report.abandoned}
+    force_cancelled = {job_id for job_id, _ in report.cancelled}
+    cancelled_ids = {h.id for h in handles if h.state is JobState.CANCELLED}
+    assert cancelled_ids == abandoned | force_cancelled | {handles[i].id for i in user_cancelled}
+    assert len(cancelled_ids) == len(abandoned) + len(force_cancelled) + len(user_cancelled)  # disjoint
+    # Every call is counted once as succeeded or failed, unless its attempt was abandoned.
+    raised = sum(calls.count("raise") for calls in jobs.calls)
+    returned = sum(calls.count("ok") for calls in jobs.calls)
+    abandoned_last = [jobs.calls[i][-1:] for i, h in enumerate(handles) if h.id in abandoned]
+    assert returned == c.succeeded + abandoned_last.count(["ok"])
+    # A job handed to a worker that had not started it can also be "abandoned" (an engine bug,
+    # see test_a_job_that_never_started_is_not_reported_abandoned); its last call then belongs to
+    # an earlier, counted attempt. Once that is fixed, the lower bounds below are exact.
+    assert raised - abandoned_last.count(["raise"]) <= c.failed <= raised
+    attempts = sum(h.attempts for h in handles)
+    assert attempts - len(abandoned) <= c.succeeded + c.failed <= attempts
+    if not abandoned:
+        assert c.failed == raised and c.succeeded + c.failed == attempts
+    assert sum(n for _, n in snap.retries_by_attempt) == c.retries
+    if plan.moment == "forceful_midway":
+        assert c.retries + c.dead_lettered <= c.failed <= c.retries + c.dead_lettered + len(force_cancelled)
+    else:
+        assert report.cancelled == () and report.abandoned == () and not report.forceful
+        assert c.failed == c.retries + c.dead_lettered  # each failure was retried or dead-lettered
+        retries = sum(
+            h.attempts if i in user_cancelled else h.attempts - 1 for i, h in enumerate(handles)
+        )
+        assert c.retries == retries
+
+    # -- the DLQ holds exactly the dead-lettered jobs, with their attempts ---------------------------
+    entries = d.dlq_list(0, 1000)
+    dead = {h.id: h for h in handles if h.state is JobState.DEAD_LETTERED}
+    assert sorted(e.job_id for e in entries) == sorted(dead)
+    for entry in entries:
+        handle = dead[entry.job_id]
+        assert entry.attempts == handle.attempts
+        assert entry.exc_type.rsplit(".", 1)[-1] == type(handle.exception(timeout=0)).__name__
+        if isinstance(handle.exception(timeout=0), Permanent):
+            assert entry.attempts == 1
+            if handle.options.retry.max_retries > 0:
+                assert entry.reason == "not retryable: raised Permanent"
+
+    # -- futures agree with the engine -------------------------------------------------------------
+    done, pending = cf.wait(handles, timeout=0)
+    assert not pending and len(done) == len(handles)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine bug: a forceful shutdown with force_wait_s=0 reports a job that was handed to an "
+    "idle worker but never started as 'abandoned' (logged as still running, attempts 0) instead of "
+    "cancelled, and the worker thread then exits without decrementing stuck_threads, which stays "
+    "above 0 forever",
+)
+def test_a_job_that_never_started_is_not_reported_abandoned():
+    # Found by the property test above. To make the window deterministic, the switch interval is
+    # raised so the worker cannot wake between the hand-off and the forceful shutdown; the bug is
+    # the engine's, the long interval only removes the race from the reproduction.
+    for trial in range(5):
+        clock = FakeClock(max_real_wait_s=0.05)
+        name = f"never-started{trial}"
+        d = Dispatcher(min_workers=1, max_workers=1, autoscale=False, log_interval_s=0, clock=clock,
+                       force_wait_s=0, name=name)
+        try:
+            assert d.submit(int, 1).result(timeout=WAIT_S) == 1
+            deadline = time.monotonic() + WAIT_S
+            while d.snapshot().workers_idle != 1:  # the worker is parked, waiting for a job
+                assert time.monotonic() < deadline
+                d.join(timeout_s=0.002)
+            old = sys.getswitchinterval()
+            sys.setswitchinterval(5.0)
+            try:
+                handle = d.submit(int, 7)  # handed to the idle worker at once
+                report = d.shutdown(wait=True, cancel_futures=True)
+            finally:
+                sys.setswitchinterval(old)
+        finally:
+            stop(d, clock)
+            join_threads(name)
+        assert handle.cancelled() and handle.attempts == 0
+        assert report.abandoned == (), "a job that never ran was reported as abandoned (still running)"
+        assert (handle.id, handle.name) in report.cancelled
+        assert d.snapshot().stuck_threads == 0, "stuck_threads counts a thread that has exited"
