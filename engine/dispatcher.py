@@ -26,8 +26,10 @@ while any worker is idle, and when all workers are idle the assignment order is 
 from __future__ import annotations
 
 import atexit
+import os
 import bisect
 import difflib
+import heapq
 import itertools
 import logging
 import math
@@ -35,6 +37,7 @@ import random
 import reprlib
 import sys
 import threading
+import time
 import traceback
 import weakref
 from collections import deque
@@ -185,8 +188,6 @@ class Dispatcher(Executor):
         logger: logging.Logger | None = None,
         **unknown: object,
     ) -> None:
-        import os
-
         if unknown:
             names = sorted(unknown)
             hints = [difflib.get_close_matches(u, _OPTIONS, n=1) for u in names]
@@ -266,6 +267,7 @@ class Dispatcher(Executor):
         self._stopped = False  # (lock) workers told to exit
         self._report: ShutdownReport | None = None  # (lock)
         self._forced_cancelled: list[tuple[int, str]] = []  # (lock) jobs a forceful shutdown cancelled
+        self._deferred_logs: list[tuple[int, str, tuple[Any, ...]]] = []  # (lock) to emit once unlocked
         self._c_submitted = self._c_succeeded = self._c_failed = self._c_retries = 0  # (lock)
         self._c_dead = self._c_cancelled = self._c_timed_out = self._c_requeued = 0  # (lock)
         self._c_evicted = self._c_scale_ups = self._c_scale_downs = 0  # (lock)
@@ -288,7 +290,7 @@ class Dispatcher(Executor):
         self._next_sample_at = self._started_at
         self._next_log_at = self._started_at + self._log_interval_s
         with self._lock:
-            for cond in (self._timer_cond, self._settled, self._space):
+            for cond in (self._timer_cond, self._settled):
                 self._clock.wait(cond, 0)  # register with a fake clock before anyone advances it
             new = [self._add_worker_locked() for _ in range(min_workers)]
             self._timer = threading.Thread(target=self._timer_main, name=f"{name}-timer", daemon=True)
@@ -343,7 +345,8 @@ class Dispatcher(Executor):
             max_retries: shorthand for the dispatcher's policy with another ``max_retries``.
             timeout_s: per-attempt timeout; default the dispatcher's ``default_timeout_s``.
             block: when the backlog is full, wait for room (True) or raise at once (False).
-            block_timeout_s: the longest wait for room, in seconds; ``None`` waits as long as it takes.
+            block_timeout_s: the longest wait for room, in real seconds (like ``Future.result``);
+                ``None`` waits as long as it takes.
 
         Raises:
             DispatcherClosed: after shutdown started.
@@ -480,14 +483,14 @@ class Dispatcher(Executor):
         assert limit is not None
         if count > limit:
             raise QueueFull(f"a batch of {count} jobs cannot fit in max_queue={limit}")
-        deadline = None if timeout_s is None else self._now() + timeout_s
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while self._broker.backlog_len() + count > limit:
-            if not block or (deadline is not None and self._now() >= deadline):
+            if not block or (deadline is not None and time.monotonic() >= deadline):
                 raise QueueFull(
                     f"the backlog is full ({self._broker.backlog_len()}/{limit} jobs)"
                     + ("" if not block else f" and stayed full for {timeout_s:g}s")
                 )
-            self._clock.wait(self._space, None if deadline is None else deadline - self._now())
+            self._space.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
             if self._closed:
                 raise DispatcherClosed("the dispatcher shut down while submit waited for room")
 
@@ -534,7 +537,7 @@ class Dispatcher(Executor):
         try:
             worker.thread.start()
         except RuntimeError as exc:  # can't start new thread: give the slot back
-            self._log.error("could not start worker %d: %s", worker.id, exc)
+            self._emit(logging.ERROR, "could not start worker %d: %s", worker.id, exc)
             with self._lock:
                 self._remove_worker_locked(worker)
 
@@ -564,19 +567,23 @@ class Dispatcher(Executor):
                         if self._max_queue is not None:
                             self._space.notify_all()
                 if job is None:
-                    if finished is not None:  # complete the last future before going idle
+                    leaving = worker.retiring or self._stopped
+                    if not leaving and worker.state is not WorkerState.IDLE:
+                        # Idle before the last future completes: whoever it wakes finds us free.
+                        worker.state = WorkerState.IDLE
+                        bisect.insort(self._idle, worker.id)
+                    if finished is not None:
+                        logs = self._take_logs_locked()
                         lock.release()
                         try:
                             finished[0]._complete(finished[1], finished[2], finished[3])
+                            self._emit_all(logs)
                         finally:
                             finished = None
                             lock.acquire()
-                        continue
-                    if worker.retiring or self._stopped:
+                        continue  # a job may have been handed to us meanwhile
+                    if leaving:
                         return
-                    if worker.state is not WorkerState.IDLE:
-                        worker.state = WorkerState.IDLE
-                        bisect.insort(self._idle, worker.id)
                     worker.cond.wait()
                     continue
 
@@ -588,14 +595,15 @@ class Dispatcher(Executor):
                 worker.busy_since = start
                 timeout_s = job.options.timeout_s
                 if timeout_s is not None:
-                    import heapq
-
                     heapq.heappush(self._timeouts, (start + timeout_s, next(self._timeout_seq), worker, job, attempt))
                     self._timer_cond.notify()
+                logs = self._take_logs_locked()
                 lock.release()
                 if finished is not None:
                     finished[0]._complete(finished[1], finished[2], finished[3])
                     finished = None
+                if logs:
+                    self._emit_all(logs)
                 _current.handle, _current.attempt = job, attempt
                 exc: BaseException | None = None
                 result: Any = None
@@ -641,6 +649,26 @@ class Dispatcher(Executor):
             if not worker.abandoned:
                 self._remove_worker_locked(worker)
             lock.release()
+
+    # ==========================================================================================
+    # Logging that can never hurt the engine
+    # ==========================================================================================
+    def _take_logs_locked(self) -> list[tuple[int, str, tuple[Any, ...]]] | None:
+        if not self._deferred_logs:
+            return None
+        logs, self._deferred_logs = self._deferred_logs, []
+        return logs
+
+    def _emit_all(self, logs: list[tuple[int, str, tuple[Any, ...]]] | None) -> None:
+        for level, message, args in logs or ():
+            self._emit(level, message, *args)
+
+    def _emit(self, level: int, message: str, *args: Any, exc_info: bool = False) -> None:
+        """Log without ever raising: a broken handler must not break a worker or the timer."""
+        try:
+            self._log.log(level, message, *args, exc_info=exc_info)
+        except Exception:  # noqa: S110 - there is nowhere left to report it
+            pass
 
     # ==========================================================================================
     # Failure: retry or dead-letter
@@ -727,9 +755,10 @@ class Dispatcher(Executor):
         if evicted:
             self._c_evicted += len(evicted)
             for old in evicted:
-                self._log.warning(
-                    "DLQ full: evicted job %d (%s, %s: %s)", old.job_id, old.name, old.exc_type, old.exc_message
-                )
+                self._deferred_logs.append((
+                    logging.WARNING, "DLQ full: evicted job %d (%s, %s: %s)",
+                    (old.job_id, old.name, old.exc_type, old.exc_message),
+                ))
         return (job, FINISHED, None, exc)
 
     # ==========================================================================================
@@ -764,15 +793,17 @@ class Dispatcher(Executor):
                 try:
                     self._tick_locked(now, after)
                 except Exception:  # the timer must outlive any bug in one tick
-                    self._log.exception("dispatcher timer tick failed")
-                if after:
+                    self._emit(logging.ERROR, "dispatcher timer tick failed", exc_info=True)
+                logs = self._take_logs_locked()
+                if after or logs:
                     lock.release()
                     try:
                         for action in after:
                             try:
                                 action()
                             except Exception:
-                                self._log.exception("dispatcher timer action failed")
+                                self._emit(logging.ERROR, "dispatcher timer action failed", exc_info=True)
+                        self._emit_all(logs)
                     finally:
                         lock.acquire()
                     continue
@@ -825,12 +856,10 @@ class Dispatcher(Executor):
         # The periodic log line.
         if self._log_interval_s > 0 and now >= self._next_log_at:
             line = format_log_line(self._snapshot_locked(now, workers=False))
-            after.append(lambda: self._log.info("%s", line))
+            after.append(lambda: self._emit(logging.INFO, "%s", line))
             self._next_log_at = now + self._log_interval_s
 
     def _expire_timeouts_locked(self, now: float, after: list[Callable[[], None]]) -> None:
-        import heapq
-
         timeouts = self._timeouts
         while timeouts and timeouts[0][0] <= now:
             _, _, worker, job, attempt = heapq.heappop(timeouts)
@@ -854,7 +883,10 @@ class Dispatcher(Executor):
             finished = self._fail_locked(job, exc, failure)
             if finished is not None:
                 after.append(lambda f=finished: f[0]._complete(f[1], f[2], f[3]))
-            self._log.warning("job %d (%s) timed out after %gs; its thread is abandoned", job.id, job.name, timeout_s)
+            self._deferred_logs.append((
+                logging.WARNING, "job %d (%s) timed out after %gs; its thread is abandoned",
+                (job.id, job.name, timeout_s),
+            ))
 
     def _abandon_worker_locked(self, worker: _Worker, after: list[Callable[[], None]]) -> None:
         """Give up on a worker whose job overran: it leaves the pool, and a fresh one takes its place."""
@@ -935,7 +967,9 @@ class Dispatcher(Executor):
             event = ScaleEvent(at=self._clock.time(), delta=delta, workers_after=active, reason=reason)
             self._scale_events.append(event)
             verb = "up" if delta > 0 else "down"
-            after.append(lambda: self._log.info("scaled %s by %d to %d workers: %s", verb, abs(delta), active, reason))
+            self._deferred_logs.append(
+                (logging.INFO, "scaled %s by %d to %d workers: %s", (verb, abs(delta), active, reason))
+            )
 
     def set_limits(self, min_workers: int | None = None, max_workers: int | None = None) -> None:
         """Change the pool's bounds; the pool moves inside them at once. Thread-safe.
@@ -959,8 +993,10 @@ class Dispatcher(Executor):
                 self._apply_scale_locked(hi - active, f"max_workers lowered to {hi}", after)
             self._scale_memory = ScaleMemory(last_change_at=self._now()) if after else self._scale_memory
             self._timer_cond.notify()
+            logs = self._take_logs_locked()
         for action in after:
             action()
+        self._emit_all(logs)
 
     @property
     def min_workers(self) -> int:
@@ -1186,8 +1222,6 @@ class Dispatcher(Executor):
         Returns:
             True if everything finished, False on timeout.
         """
-        import time
-
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._lock:
             while self._unfinished_locked() > 0:
@@ -1278,10 +1312,10 @@ class Dispatcher(Executor):
                 if self._unfinished_locked() > 0:
                     escalated = forceful = True
                     cancelled = self._force_locked()
-                    self._log.warning(
+                    self._deferred_logs.append((logging.WARNING,
                         "graceful shutdown ran out of %gs; cancelling %d queued or scheduled jobs",
-                        timeout_s or 0.0, len(cancelled),
-                    )
+                        (timeout_s or 0.0, len(cancelled)),
+                    ))
                     self._lock.release()
                     try:
                         for job in cancelled:
@@ -1305,9 +1339,11 @@ class Dispatcher(Executor):
             for worker in self._workers.values():
                 worker.cond.notify()
             self._timer_cond.notify()
+            logs = self._take_logs_locked()
+        self._emit_all(logs)
         for job in abandoned:
             job._complete(CANCELLED_AND_NOTIFIED, None, None)
-            self._log.warning("abandoned job %d (%s), still running at forceful shutdown", job.id, job.name)
+            self._emit(logging.WARNING, "abandoned job %d (%s), still running at forceful shutdown", job.id, job.name)
         # Idle workers and the timer exit promptly now; wait for them (never for abandoned threads).
         with self._lock:
             while self._workers or not self._timer_done:

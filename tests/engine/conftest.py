@@ -1,0 +1,104 @@
+"""Engine test helpers: a fake clock, a seeded rng, gates, bounded waits, and dispatchers that are
+always shut down."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from engine import Dispatcher, FakeClock
+
+WAIT_S = 5.0  # the bound on every wait in these tests
+
+
+def eventually(predicate: Callable[[], Any], timeout_s: float = WAIT_S, what: str = "") -> Any:
+    """Wait (bounded) until ``predicate()`` is truthy; return its value. Fails the test on timeout."""
+    deadline = time.monotonic() + timeout_s
+    pause = threading.Event()
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout_s}s waiting for {what or predicate}")
+        pause.wait(0.002)
+
+
+class Gate:
+    """Jobs that block until released, and let the test wait until N of them have started."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.entered = 0
+        self._open = threading.Event()
+
+    def job(self, value: Any = None) -> Any:
+        with self._cond:
+            self.entered += 1
+            self._cond.notify_all()
+        if not self._open.wait(WAIT_S * 2):
+            raise RuntimeError("gate never opened")
+        return value
+
+    def wait_entered(self, n: int, timeout_s: float = WAIT_S) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.entered >= n, timeout_s):
+                pytest.fail(f"only {self.entered} of {n} gated jobs started within {timeout_s}s")
+
+    def open(self) -> None:
+        self._open.set()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(start=100.0, wall_start=1_700_000_000.0, max_real_wait_s=0.05)
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    return random.Random(20261204)
+
+
+@pytest.fixture
+def gate() -> Iterator[Gate]:
+    g = Gate()
+    yield g
+    g.open()  # never leave a worker blocked
+
+
+@pytest.fixture
+def make_dispatcher(clock: FakeClock, rng: random.Random, gate: Gate) -> Iterator[Callable[..., Dispatcher]]:
+    """Build dispatchers on the fake clock (fixed pool, no log line by default); all are shut down."""
+    made: list[Dispatcher] = []
+
+    def make(**options: Any) -> Dispatcher:
+        options.setdefault("clock", clock)
+        options.setdefault("rng", rng)
+        options.setdefault("log_interval_s", 0)
+        options.setdefault("autoscale", False)
+        d = Dispatcher(**options)
+        made.append(d)
+        return d
+
+    yield make
+    gate.open()
+    for d in made:
+        stop(d, clock)
+
+
+def stop(d: Dispatcher, clock: FakeClock, *, cancel_futures: bool = True) -> Any:
+    """Shut ``d`` down from a helper thread while moving the fake clock, so force_wait_s elapses."""
+    result: list[Any] = []
+    t = threading.Thread(target=lambda: result.append(d.shutdown(wait=True, cancel_futures=cancel_futures)))
+    t.start()
+    deadline = time.monotonic() + WAIT_S
+    while t.is_alive() and time.monotonic() < deadline:
+        clock.advance(0.5)
+        t.join(0.01)
+    assert not t.is_alive(), "shutdown did not finish"
+    return result[0]
