@@ -191,6 +191,7 @@ def test_low_utilisation_with_empty_backlog_shrinks_after_down_sustain():
         (8, 8, 5, 1.0, -3),
         (8, 2, 0, 1.0, -2),  # a full step is bounded by the idle count
         (8, 8, 0, 3.0, -8),  # a fraction above 1 is still bounded by idle and min
+        (8, 3, 0, 3.0, -3),  # ... and never retires a busy worker
     ],
 )
 def test_shrink_step_is_bounded_by_idle_workers_and_min(workers, idle, lo, fraction, expected):
@@ -312,7 +313,7 @@ policies = st.builds(
     down_utilisation=st.sampled_from([0.1, 0.3, 0.5]),
     down_sustain_s=st.sampled_from([0.0, 1.0, 5.0]),
     down_cooldown_s=st.sampled_from([0.0, 2.0, 5.0]),
-    down_step_fraction=st.sampled_from([0.25, 0.5, 1.0]),
+    down_step_fraction=st.sampled_from([0.25, 0.5, 1.0, 3.0]),
 )
 
 
