@@ -1,0 +1,878 @@
+"""A worker process's main object: it runs jobs from a Redis queue on a local, autoscaled pool.
+
+Threads
+-------
+* **The fetcher** leases a batch of jobs whenever local capacity frees up (``max_workers +
+  prefetch`` jobs held at most) and submits each one to a local :class:`engine.Dispatcher`,
+  whose worker threads run them round-robin. With nothing to fetch it blocks on Redis for a
+  wake-up token, at most ``poll_s``, or until the next retry or lease deadline.
+* **The local dispatcher's workers** run the tasks. Each attempt's outcome (success, retry with
+  backoff, or dead letter) is decided right there and put in the outbox.
+* **The flusher** sends the outbox to Redis in batches (one script call per batch).
+* **The heartbeat** renews the leases of every job this process holds, writes the process's
+  heartbeat (host, pid, each thread's busy state) and applies fleet commands (limits, stop).
+
+Retries live in Redis, so the local dispatcher never retries (``max_retries=0``): a job's
+retry falls due on whichever worker fetches next, and survives this process.
+
+Redis down: every thread catches :class:`~engine.errors.BrokerUnavailable`, logs the outage
+once (and its end), exposes it through :meth:`RedisWorker.status`, and retries with exponential
+backoff (:func:`engine.policy.backoff.backoff_delay`). Running jobs keep running; outcomes wait
+in the outbox. Nothing crashes and nothing spins.
+
+Stopping: graceful puts back the jobs fetched but not started (without spending an attempt),
+finishes the running ones and flushes their outcomes. Forceful also gives up on running jobs
+after ``force_wait_s`` and hands them back to the queue as failed attempts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import traceback
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from engine.brokers.redis import (
+    Delivery,
+    JobPayload,
+    MalformedPayload,
+    Outcome,
+    RedisQueue,
+    dead_letter_entry,
+    decode_payload,
+)
+from engine.clock import Clock, RealClock
+from engine.dispatcher import Dispatcher
+from engine.errors import (
+    BrokerUnavailable,
+    ConfigError,
+    DispatcherClosed,
+    JobNotFound,
+    JobTimeout,
+    Permanent,
+    RetryAfter,
+    UnknownTask,
+)
+from engine.jobs import JobHandle, TaskRegistry, cancel_token
+from engine.metrics import Snapshot
+from engine.policy.autoscale import AutoscalePolicy
+from engine.policy.backoff import RetryPolicy, backoff_delay
+
+__all__ = ["RedisWorker", "WorkerStatus", "StopReport"]
+
+log = logging.getLogger("engine.redis")
+
+_FLUSH_BATCH = 1000
+_RECONNECT_BASE_S = 0.1
+_RECONNECT_CAP_S = 5.0
+_STILL_DOWN_LOG_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    """How a worker process is doing, for logs and dashboards.
+
+    Attributes:
+        worker_id: unique id of this worker process in the fleet (``host:pid:random``).
+        process: ``host:pid``.
+        state: ``"new"``, ``"running"``, ``"stopping"`` or ``"stopped"``.
+        connected: whether the last Redis call succeeded.
+        last_error: the last Redis error, or ``""``.
+        down_since: wall-clock time the current outage began, or ``None``.
+        leased: jobs this process holds a lease on (buffered, running or awaiting flush).
+        outbox: outcomes waiting to be sent to Redis.
+        settled: outcomes Redis accepted from this process.
+        stale: outcomes Redis ignored because the lease had already ended.
+    """
+
+    worker_id: str
+    process: str
+    state: str
+    connected: bool
+    last_error: str
+    down_since: float | None
+    leased: int
+    outbox: int
+    settled: int
+    stale: int
+
+
+@dataclass(frozen=True, slots=True)
+class StopReport:
+    """What :meth:`RedisWorker.stop` did.
+
+    Attributes:
+        graceful: False if the stop was (or became) forceful.
+        put_back: fetched-but-unstarted jobs given back without spending an attempt.
+        abandoned: running jobs given up on (handed back as failed attempts).
+        unflushed: outcomes that could not be sent (Redis stayed down); their leases will
+            expire and the jobs run again elsewhere.
+        duration_s: how long the stop took (the worker's clock).
+    """
+
+    graceful: bool
+    put_back: int
+    abandoned: int
+    unflushed: int
+    duration_s: float
+
+
+class _Delivery:
+    """One leased job inside this process. Fields guarded by the worker's lock."""
+
+    __slots__ = ("job_id", "token", "attempt", "enqueued_at", "job", "fn", "handle", "settled")
+
+    def __init__(self, delivery: Delivery, job: JobPayload | None, fn: Callable[..., Any] | None) -> None:
+        self.job_id = delivery.job_id
+        self.token = delivery.token
+        self.attempt = delivery.attempt
+        self.enqueued_at = delivery.enqueued_at
+        self.job = job
+        self.fn = fn
+        self.handle: JobHandle | None = None
+        self.settled = False  # an outcome has been decided (maybe not yet flushed)
+
+
+class RedisWorker:
+    """Runs jobs from a Redis queue on a local thread pool. One per worker process.
+
+    Args:
+        queue: a :class:`RedisQueue`, or a Redis URL to build one from (then owned and closed
+            by this worker).
+        tasks: the registered tasks this process can run.
+        queue_name: the queue's name, when ``queue`` is a URL.
+        prefix: the key prefix, when ``queue`` is a URL.
+        min_workers: the local pool's lower bound (it starts there).
+        max_workers: the local pool's upper bound.
+        autoscale: the local pool's :class:`AutoscalePolicy`, True for the default, False for
+            a fixed pool of ``min_workers``.
+        retry: how failures are retried: backoff (``base_s``, ``factor``, ``cap_s``,
+            ``jitter``) and ``retry_on``. Each job's own ``max_retries`` (from its payload)
+            decides how many retries it gets.
+        lease_s: how long a fetched job stays leased without a heartbeat; a job whose worker
+            dies is run again after at most this long.
+        heartbeat_s: seconds between heartbeats (lease renewals); below ``lease_s / 2``.
+        heartbeat_ttl_s: how long a silent worker's heartbeat stays visible to dashboards.
+        prefetch: jobs fetched beyond ``max_workers``, so threads never wait for a round trip.
+            Default: ``max_workers``.
+        poll_s: the longest an idle fetcher blocks on Redis before looking again.
+        clock: time source; default :class:`RealClock`.
+        rng: source of retry jitter; default ``random.Random()``.
+        log_interval_s: the local dispatcher's metrics log line interval (0: off).
+        force_wait_s: how long a forceful stop waits for running jobs.
+        stop_redis_timeout_s: how long a stop keeps trying to reach Redis to put back jobs and
+            flush outcomes.
+        name: prefix of thread names.
+        worker_id: this process's id in the fleet; default ``host:pid:<random>``.
+
+    Raises:
+        ConfigError: a bad argument, with what is allowed.
+    """
+
+    def __init__(  # noqa: PLR0913, PLR0915
+        self,
+        queue: RedisQueue | str,
+        tasks: TaskRegistry,
+        *,
+        queue_name: str = "default",
+        prefix: str = "tui-dispatch",
+        min_workers: int = 1,
+        max_workers: int | None = None,
+        autoscale: AutoscalePolicy | bool = True,
+        retry: RetryPolicy | None = None,
+        lease_s: float = 30.0,
+        heartbeat_s: float = 1.0,
+        heartbeat_ttl_s: float = 60.0,
+        prefetch: int | None = None,
+        poll_s: float = 0.5,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        log_interval_s: float = 10.0,
+        force_wait_s: float = 1.0,
+        stop_redis_timeout_s: float = 10.0,
+        name: str = "redis-worker",
+        worker_id: str | None = None,
+    ) -> None:
+        if not isinstance(tasks, TaskRegistry):
+            raise ConfigError(f"tasks must be a TaskRegistry; got {tasks!r}")
+        for what, value in (("lease_s", lease_s), ("heartbeat_s", heartbeat_s),
+                            ("heartbeat_ttl_s", heartbeat_ttl_s), ("poll_s", poll_s),
+                            ("stop_redis_timeout_s", stop_redis_timeout_s)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
+                raise ConfigError(f"{what} must be a number > 0; got {value!r}")
+        if heartbeat_s >= lease_s / 2:
+            raise ConfigError(
+                f"heartbeat_s ({heartbeat_s:g}) must be below lease_s / 2 ({lease_s / 2:g}) so leases are "
+                "renewed before they expire"
+            )
+        if prefetch is not None and (not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0):
+            raise ConfigError(f"prefetch must be None or an int >= 0; got {prefetch!r}")
+        if retry is None:
+            retry = RetryPolicy()
+        elif not isinstance(retry, RetryPolicy):
+            raise ConfigError(f"retry must be a RetryPolicy; got {retry!r}")
+        self._clock: Clock = clock if clock is not None else RealClock()
+        self._owns_queue = not isinstance(queue, RedisQueue)
+        if isinstance(queue, RedisQueue):
+            self.queue = queue
+        elif isinstance(queue, str):
+            self.queue = RedisQueue(queue, queue=queue_name, prefix=prefix, clock=self._clock)
+        else:
+            raise ConfigError(f"queue must be a RedisQueue or a Redis URL; got {queue!r}")
+        self._local = Dispatcher(
+            min_workers=min_workers,
+            max_workers=max_workers,
+            retry=RetryPolicy(max_retries=0),
+            autoscale=autoscale,
+            dlq_max=1000,  # only attempts timed out locally land here, and are deleted at once
+            log_interval_s=log_interval_s,
+            clock=self._clock,
+            force_wait_s=force_wait_s,
+            name=name,
+        )
+        self.tasks = tasks
+        self._retry = retry
+        self._rng = rng if rng is not None else random.Random()
+        self._rng_lock = threading.Lock()  # guards _rng (drawn from worker threads)
+        self._lease_s = float(lease_s)
+        self._heartbeat_s = float(heartbeat_s)
+        self._heartbeat_ttl_s = float(heartbeat_ttl_s)
+        self._prefetch = self._local.max_workers if prefetch is None else prefetch
+        self._poll_s = float(poll_s)
+        self._stop_redis_timeout_s = float(stop_redis_timeout_s)
+        self._name = name
+        host = socket.gethostname()
+        self.process = f"{host}:{os.getpid()}"
+        self.worker_id = worker_id or f"{self.process}:{uuid.uuid4().hex[:6]}"
+        self._host = host
+
+        self._lock = threading.Lock()  # guards every field marked (lock)
+        self._room = threading.Condition(self._lock)  # local capacity freed, or stopping
+        self._outbox_cond = threading.Condition(self._lock)  # outbox gained items, or stopping
+        self._tick = threading.Condition(self._lock)  # wakes backoff and heartbeat waits on stop
+        self._leased: dict[str, _Delivery] = {}  # (lock) token -> delivery, until its outcome is flushed
+        self._by_local: dict[int, _Delivery] = {}  # (lock) local job id -> delivery, while unsettled
+        self._held = 0  # (lock) fetched and not yet settled
+        self._outbox: list[tuple[_Delivery, Outcome]] = []  # (lock) decided, not yet sent
+        self._settled_n = 0  # (lock)
+        self._stale_n = 0  # (lock)
+        self._state = "new"  # (lock)
+        self._fetch_stop = False  # (lock)
+        self._flush_stop = False  # (lock) exit once the outbox is empty
+        self._flush_abort = False  # (lock) exit now
+        self._beat_stop = False  # (lock)
+        self._connected = True  # (lock)
+        self._last_error = ""  # (lock)
+        self._down_since: float | None = None  # (lock)
+        self._down_logged_at = 0.0  # (lock)
+        self._limits_at = 0.0  # (lock) limits_at of the last fleet limits applied
+        self._stop_request: str | None = None  # (lock) "graceful"/"forceful" asked by the fleet
+        self._report: StopReport | None = None  # (lock)
+        self._stopping = False  # (lock)
+        self._forced = False  # (lock)
+        self._stopped = threading.Event()
+        self.stop_requested = threading.Event()
+        """Set when the fleet asked this process to stop (see :meth:`RedisQueue.request_stop`)."""
+        self.started_at = self._clock.time()
+        self._threads: list[threading.Thread] = []
+        with self._lock:
+            for cond in (self._room, self._outbox_cond, self._tick):
+                self._clock.wait(cond, 0)  # register with a fake clock before anyone advances it
+
+    # ==========================================================================================
+    # Life cycle
+    # ==========================================================================================
+    def start(self) -> RedisWorker:
+        """Start the fetcher, flusher and heartbeat threads. Call once, from any thread.
+
+        Returns:
+            self, for ``worker = RedisWorker(...).start()``.
+        """
+        with self._lock:
+            if self._state != "new":
+                raise RuntimeError(f"RedisWorker.start: already {self._state}")
+            self._state = "running"
+        for target, what in ((self._heartbeat_main, "heartbeat"), (self._flush_main, "flusher"),
+                             (self._fetch_main, "fetcher")):
+            thread = threading.Thread(target=target, name=f"{self._name}-{what}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+        log.info("worker %s started on queue %s of %s (%d-%d threads)", self.worker_id, self.queue.queue,
+                 self.queue.url, self._local.min_workers, self._local.max_workers)
+        return self
+
+    def __enter__(self) -> RedisWorker:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop(graceful=True)
+
+    def wait_stop_requested(self, timeout_s: float | None = None) -> str | None:
+        """Block until the fleet asks this process to stop. Any thread.
+
+        Returns:
+            ``"graceful"`` or ``"forceful"``, or ``None`` on timeout.
+        """
+        self.stop_requested.wait(timeout_s)
+        with self._lock:
+            return self._stop_request
+
+    def stop(self, graceful: bool = True, *, timeout_s: float | None = None) -> StopReport:
+        """Stop the worker. Thread-safe and idempotent; not from a job or a worker thread.
+
+        Graceful: stop fetching, give back the jobs fetched but not started (no attempt spent),
+        let running jobs finish, flush every outcome. With ``timeout_s``, running jobs that
+        are still going when it runs out are given up on, as with forceful.
+        Forceful (or a second call with ``graceful=False`` while a graceful stop runs): also
+        give up on running jobs after ``force_wait_s``; they go back to the queue as failed
+        attempts (retried at once, or dead-lettered if out of retries).
+
+        Returns:
+            A :class:`StopReport`.
+        """
+        started = self._clock.monotonic()
+        with self._lock:
+            first = not self._stopping
+            self._stopping = True
+            if not graceful:
+                self._forced = True
+            never_started = self._state == "new"
+            if never_started:
+                self._state = "stopped"
+                self._report = StopReport(True, 0, 0, 0, 0.0)
+            elif self._state == "running":
+                self._state = "stopping"
+            self._fetch_stop = True
+            self._room.notify_all()
+            self._tick.notify_all()
+        if first and self._threads:
+            try:
+                self.queue.wake_worker(self.worker_id)  # out of its blocking wait at once
+            except BrokerUnavailable:
+                pass  # it is in a backoff wait, which the notify above ends
+        if not first:
+            if not graceful:
+                self._local.shutdown(wait=False, cancel_futures=True)
+            self._stopped.wait()
+            assert self._report is not None
+            return self._report
+        if never_started:
+            self._local.shutdown(wait=True)
+            if self._owns_queue:
+                self.queue.close()
+            self._stopped.set()
+            assert self._report is not None
+            return self._report
+        try:
+            report = self._stop(graceful, timeout_s, started)
+        finally:
+            self._stopped.set()
+        return report
+
+    def _stop(self, graceful: bool, timeout_s: float | None, started: float) -> StopReport:
+        fetcher = self._threads[2]
+        fetcher.join()
+        # Jobs fetched but not started go back first, so other workers can take them now.
+        with self._lock:
+            waiting = [d for d in self._leased.values() if not d.settled and d.handle is not None]
+        unstarted = [d for d in waiting if d.handle is not None and d.handle.cancel()]
+        with self._lock:
+            for d in unstarted:
+                d.settled = True
+                self._held -= 1
+                self._forget_locked(d)
+        put_back = self._redis_with_retry(
+            "put back unstarted jobs", lambda: self.queue.put_back([(d.job_id, d.token) for d in unstarted])
+        ) if unstarted else 0
+        if unstarted:
+            log.info("worker %s put back %d fetched but unstarted jobs", self.worker_id, put_back or 0)
+        # Running jobs finish (or are given up on); their outcomes reach the outbox.
+        with self._lock:
+            forced = self._forced or not graceful
+        remaining = None if timeout_s is None else max(0.0, timeout_s - (self._clock.monotonic() - started))
+        self._local.shutdown(wait=True, cancel_futures=forced, timeout_s=remaining)
+        with self._lock:
+            abandoned = [d for d in self._leased.values() if not d.settled]
+            for d in abandoned:
+                d.settled = True
+                self._held -= 1
+                self._forget_locked(d)
+            forced = forced or self._forced or bool(abandoned)
+        if abandoned:
+            self._redis_with_retry(
+                "hand back abandoned jobs",
+                lambda: self.queue.put_back([(d.job_id, d.token) for d in abandoned], started=True),
+            )
+            log.warning("worker %s gave up on %d running jobs; they go back to the queue", self.worker_id,
+                        len(abandoned))
+        # Flush every outcome, then stop the heartbeat.
+        flusher, beat = self._threads[1], self._threads[0]
+        with self._lock:
+            self._flush_stop = True
+            self._outbox_cond.notify_all()
+        flusher.join(self._stop_redis_timeout_s)
+        with self._lock:
+            if flusher.is_alive():
+                self._flush_abort = True
+                self._outbox_cond.notify_all()
+                self._tick.notify_all()
+        flusher.join()
+        with self._lock:
+            unflushed = len(self._outbox)
+            self._beat_stop = True
+            self._tick.notify_all()
+        beat.join()
+        if unflushed:
+            log.error("worker %s stopped with %d outcomes unsent (Redis unreachable); those jobs will run "
+                      "again when their leases expire", self.worker_id, unflushed)
+        try:
+            self.queue.remove_worker(self.worker_id)
+        except BrokerUnavailable as exc:
+            log.warning("worker %s could not remove its heartbeat: %s", self.worker_id, exc)
+        if self._owns_queue:
+            self.queue.close()
+        report = StopReport(
+            graceful=not forced,
+            put_back=len(unstarted),
+            abandoned=len(abandoned),
+            unflushed=unflushed,
+            duration_s=self._clock.monotonic() - started,
+        )
+        with self._lock:
+            self._report = report
+            self._state = "stopped"
+        log.info("worker %s stopped: %s", self.worker_id, report)
+        return report
+
+    def _redis_with_retry(self, what: str, call: Callable[[], int]) -> int | None:
+        """Run a Redis call during stop, retrying with backoff for ``stop_redis_timeout_s``."""
+        deadline = self._clock.monotonic() + self._stop_redis_timeout_s
+        failures = 0
+        while True:
+            try:
+                result = call()
+            except BrokerUnavailable as exc:
+                failures += 1
+                self._note_down(exc)
+                if self._clock.monotonic() >= deadline:
+                    log.error("worker %s could not %s: %s", self.worker_id, what, exc)
+                    return None
+                self._backoff_wait(failures, deadline)
+                continue
+            self._note_up()
+            return result
+
+    # ==========================================================================================
+    # Status
+    # ==========================================================================================
+    def status(self) -> WorkerStatus:
+        """Connection state and counts. Thread-safe."""
+        with self._lock:
+            return WorkerStatus(
+                worker_id=self.worker_id,
+                process=self.process,
+                state=self._state,
+                connected=self._connected,
+                last_error=self._last_error,
+                down_since=self._down_since,
+                leased=len(self._leased),
+                outbox=len(self._outbox),
+                settled=self._settled_n,
+                stale=self._stale_n,
+            )
+
+    @property
+    def connected(self) -> bool:
+        """Whether the last Redis call succeeded. Thread-safe."""
+        return self._connected
+
+    @property
+    def last_error(self) -> str:
+        """The last Redis error, or ``""``. Thread-safe."""
+        return self._last_error
+
+    def snapshot(self) -> Snapshot:
+        """The local pool's snapshot (this process only). Thread-safe."""
+        return self._local.snapshot()
+
+    def _note_down(self, exc: BaseException) -> None:
+        now = self._clock.time()
+        with self._lock:
+            was_up = self._connected
+            self._connected = False
+            self._last_error = str(exc)
+            if was_up:
+                self._down_since = now
+                self._down_logged_at = now
+            elif now - self._down_logged_at >= _STILL_DOWN_LOG_S:
+                self._down_logged_at = now
+                was_up = True
+            down_for = now - (self._down_since or now)
+        if was_up:
+            if down_for:
+                log.warning("worker %s: Redis still unavailable after %.0fs: %s", self.worker_id, down_for, exc)
+            else:
+                log.warning("worker %s: Redis unavailable, reconnecting with backoff: %s", self.worker_id, exc)
+
+    def _note_up(self) -> None:
+        if self._connected:
+            return
+        now = self._clock.time()
+        with self._lock:
+            if self._connected:
+                return
+            self._connected = True
+            down_for = now - (self._down_since or now)
+            self._down_since = None
+        log.warning("worker %s: Redis reachable again after %.1fs", self.worker_id, down_for)
+
+    def _backoff_wait(self, failures: int, deadline: float | None = None) -> None:
+        with self._rng_lock:
+            delay = backoff_delay(failures, base_s=_RECONNECT_BASE_S, factor=2.0, cap_s=_RECONNECT_CAP_S,
+                                  jitter="equal", rng=self._rng)
+        if deadline is not None:
+            delay = min(delay, max(0.0, deadline - self._clock.monotonic()))
+        with self._lock:
+            if not (self._flush_abort or self._beat_stop):
+                self._clock.wait(self._tick, delay)
+
+    # ==========================================================================================
+    # Fetching
+    # ==========================================================================================
+    def _fetch_main(self) -> None:
+        failures = 0
+        while True:
+            with self._lock:
+                if self._fetch_stop:
+                    return
+                capacity = self._local.max_workers + self._prefetch - self._held
+                if capacity <= 0:
+                    self._clock.wait(self._room, self._poll_s)
+                    continue
+            try:
+                result = self.queue.fetch(self.worker_id, capacity, lease_s=self._lease_s)
+            except BrokerUnavailable as exc:
+                failures += 1
+                self._note_down(exc)
+                self._backoff_wait(failures)
+                continue
+            except Exception:  # a bug must not kill the fetcher; back off and try again
+                failures += 1
+                log.exception("worker %s: fetch failed", self.worker_id)
+                self._backoff_wait(failures)
+                continue
+            failures = 0
+            self._note_up()
+            if result.reclaimed:
+                log.info("worker %s took back %d expired leases", self.worker_id, result.reclaimed)
+            if result.missing:
+                log.warning("worker %s skipped %d ready ids with no job data", self.worker_id, result.missing)
+            for delivery in result.deliveries:
+                try:
+                    self._accept(delivery)
+                except Exception:  # pragma: no cover - a bug; the lease will expire
+                    log.exception("worker %s could not start job %d", self.worker_id, delivery.job_id)
+            if result.deliveries:
+                continue
+            timeout = self._poll_s
+            now = self._clock.time()
+            if not result.paused:
+                for at in (result.next_retry_at, result.next_lease_deadline):
+                    if at is not None:
+                        timeout = min(timeout, max(0.01, at - now))
+                try:
+                    self.queue.wait_for_work(timeout, worker_id=self.worker_id)
+                except BrokerUnavailable:
+                    pass  # the next fetch notices and backs off
+            else:
+                with self._lock:
+                    if not self._fetch_stop:
+                        self._clock.wait(self._room, timeout)
+
+    def _accept(self, delivery: Delivery) -> None:
+        """Decode one fetched job and submit it locally, or dead-letter it if it cannot run."""
+        job: JobPayload | None = None
+        fn: Callable[..., Any] | None = None
+        problem: tuple[str, str, str] | None = None  # (exc_type, message, reason)
+        try:
+            job = decode_payload(delivery.payload)
+            fn = self.tasks.get(job.task)
+        except MalformedPayload as exc:
+            problem = ("engine.brokers.redis.MalformedPayload", str(exc), f"not runnable: {exc}")
+        except UnknownTask as exc:
+            problem = ("engine.errors.UnknownTask", str(exc),
+                       f"not runnable: unknown task {job.task if job else '?'!r} in worker {self.worker_id}")
+        d = _Delivery(delivery, job, fn)
+        with self._lock:
+            self._leased[d.token] = d
+            self._held += 1
+        if problem is not None:
+            exc_type, message, reason = problem
+            log.warning("worker %s dead-letters job %d: %s", self.worker_id, d.job_id, reason)
+            entry = dead_letter_entry(exc_type=exc_type, exc_message=message, traceback="",
+                                      attempts=d.attempt, reason=reason, last_failure_at=self._clock.time())
+            self._settle(d, Outcome.dead(d.job_id, d.token, entry=entry))
+            return
+        assert job is not None
+        try:
+            handle = self._local.submit_job(self._run, args=(d,), name=job.name, timeout_s=job.timeout_s)
+        except DispatcherClosed:  # a forceful stop raced with this fetch: give it back untouched
+            with self._lock:
+                d.settled = True
+                self._held -= 1
+                self._forget_locked(d)
+            try:
+                self.queue.put_back([(d.job_id, d.token)])
+            except BrokerUnavailable:
+                pass  # its lease expires
+            return
+        with self._lock:
+            d.handle = handle
+            if not d.settled:
+                self._by_local[handle.id] = d
+        handle.add_done_callback(lambda h, d=d: self._on_done(d, h))
+
+    # ==========================================================================================
+    # Running (worker threads of the local dispatcher)
+    # ==========================================================================================
+    def _run(self, d: _Delivery) -> None:
+        """The local job: run the task, decide the outcome, queue it. Never raises."""
+        assert d.fn is not None and d.job is not None
+        token = cancel_token()
+        start_wall = self._clock.time()
+        start = self._clock.monotonic()
+        wait_s = max(0.0, start_wall - d.enqueued_at)
+        try:
+            d.fn(*d.job.args, **d.job.kwargs)
+        except BaseException as exc:  # a job can never kill its worker
+            if not token.cancelled():
+                self._failed(d, exc, run_s=self._clock.monotonic() - start, wait_s=wait_s, timed_out=False)
+            return
+        # A cancelled token means the local pool gave up on this attempt (timeout or forceful
+        # stop): the done-callback or stop() reports it, whatever the task returned.
+        if not token.cancelled():
+            self._settle(d, Outcome.ok(d.job_id, d.token, run_s=self._clock.monotonic() - start, wait_s=wait_s))
+
+    def _on_done(self, d: _Delivery, handle: Future[Any]) -> None:
+        """Done-callback of the local handle: catches what ``_run`` cannot see (local timeouts)."""
+        if handle.cancelled():
+            return  # put back by stop
+        exc = handle.exception()
+        if exc is None:
+            return
+        self._failed(d, exc, run_s=0.0, wait_s=0.0, timed_out=isinstance(exc, JobTimeout))
+        try:
+            self._local.dlq_delete(handle.id)  # type: ignore[attr-defined]
+        except JobNotFound:
+            pass
+
+    def _failed(self, d: _Delivery, exc: BaseException, *, run_s: float, wait_s: float, timed_out: bool) -> None:
+        assert d.job is not None
+        now = self._clock.time()
+        policy = self._retry
+        retries_left = d.job.max_retries - (d.attempt - 1)
+        if retries_left > 0 and policy.should_retry(exc):
+            if isinstance(exc, RetryAfter):
+                delay = exc.delay_s
+            else:
+                with self._rng_lock:
+                    delay = policy.delay(d.attempt, self._rng)
+            self._settle(d, Outcome.retry(d.job_id, d.token, due_at=now + delay, retry_no=d.attempt,
+                                          run_s=run_s, wait_s=wait_s, timed_out=timed_out))
+            return
+        if retries_left <= 0:
+            reason = f"retries exhausted ({d.job.max_retries} retries)"
+        elif isinstance(exc, Permanent):
+            reason = "not retryable: raised Permanent"
+        else:
+            reason = f"not retryable: {type(exc).__name__} is not in retry_on"
+        try:
+            tb = "".join(traceback.format_exception(exc))
+        except Exception as tb_exc:  # a broken __str__ must not break the worker
+            tb = f"<traceback unavailable: {tb_exc!r}>"
+        try:
+            message = str(exc)
+        except Exception:
+            message = "<unprintable exception>"
+        entry = dead_letter_entry(exc_type=_qualname(type(exc)), exc_message=message, traceback=tb,
+                                  attempts=d.attempt, reason=reason, last_failure_at=now)
+        self._settle(d, Outcome.dead(d.job_id, d.token, entry=entry, run_s=run_s, wait_s=wait_s,
+                                     timed_out=timed_out))
+
+    def _settle(self, d: _Delivery, outcome: Outcome) -> None:
+        """Queue an attempt's outcome for the flusher; the first outcome of an attempt wins."""
+        with self._lock:
+            if d.settled:
+                return
+            d.settled = True
+            self._held -= 1
+            if d.handle is not None:
+                self._by_local.pop(d.handle.id, None)
+            self._outbox.append((d, outcome))
+            self._outbox_cond.notify()
+            self._room.notify()
+
+    def _forget_locked(self, d: _Delivery) -> None:
+        self._leased.pop(d.token, None)
+        if d.handle is not None:
+            self._by_local.pop(d.handle.id, None)
+        self._room.notify()
+
+    # ==========================================================================================
+    # Flushing
+    # ==========================================================================================
+    def _flush_main(self) -> None:
+        failures = 0
+        while True:
+            with self._lock:
+                while not self._outbox and not self._flush_stop and not self._flush_abort:
+                    self._clock.wait(self._outbox_cond, None)
+                if self._flush_abort or (not self._outbox and self._flush_stop):
+                    return
+                batch = self._outbox[:_FLUSH_BATCH]
+            try:
+                result = self.queue.settle([outcome for _, outcome in batch])
+            except BrokerUnavailable as exc:
+                failures += 1
+                self._note_down(exc)
+                self._backoff_wait(failures)
+                continue
+            except Exception:  # a bug must not kill the flusher
+                failures += 1
+                log.exception("worker %s: flushing %d outcomes failed", self.worker_id, len(batch))
+                self._backoff_wait(failures)
+                continue
+            failures = 0
+            self._note_up()
+            with self._lock:
+                del self._outbox[: len(batch)]  # only this thread removes, always from the front
+                for d, _ in batch:
+                    self._leased.pop(d.token, None)
+                self._settled_n += result.accepted
+                self._stale_n += result.stale
+            if result.stale:
+                log.warning("worker %s: %d outcomes arrived after their lease ended (the jobs ran again "
+                            "elsewhere)", self.worker_id, result.stale)
+
+    # ==========================================================================================
+    # Heartbeat
+    # ==========================================================================================
+    def _heartbeat_main(self) -> None:
+        while True:
+            try:
+                self._beat()
+            except Exception:  # a bug must not stop the heartbeat
+                log.exception("worker %s: heartbeat failed", self.worker_id)
+            with self._lock:
+                deadline = self._clock.monotonic() + self._heartbeat_s
+                while not self._beat_stop and self._clock.monotonic() < deadline:
+                    self._clock.wait(self._tick, deadline - self._clock.monotonic())
+                if self._beat_stop:
+                    return
+
+    def _beat(self) -> None:
+        with self._lock:
+            leases = [(d.job_id, d.token) for d in self._leased.values()]
+        fields = self._heartbeat_fields()
+        try:
+            lost = self.queue.extend(leases, lease_s=self._lease_s) if leases else []
+            control = self.queue.heartbeat(self.worker_id, fields, ttl_s=self._heartbeat_ttl_s)
+        except BrokerUnavailable as exc:
+            self._note_down(exc)
+            return
+        self._note_up()
+        if lost:
+            log.warning("worker %s lost the lease of %d jobs (%s); they run again elsewhere", self.worker_id,
+                        len(lost), ", ".join(map(str, lost[:10])))
+        self._apply_control(control)
+
+    def _heartbeat_fields(self) -> dict[str, str]:
+        snap = self._local.snapshot()
+        now = self._clock.time()
+        with self._lock:
+            by_local = {local_id: d.job_id for local_id, d in self._by_local.items()}
+            state = self._state
+            leased, outbox, connected = len(self._leased), len(self._outbox), self._connected
+        threads = [
+            [w.id, w.state.value, by_local.get(w.job_id) if w.job_id is not None else None, w.job_name,
+             w.jobs_done, round(w.utilisation, 4), round(w.busy_for_s, 3)]
+            for w in snap.workers
+        ]
+        events = [[e.at, e.delta, e.workers_after, e.reason] for e in snap.scale_events[-5:]]
+        return {
+            "id": self.worker_id,
+            "host": self._host,
+            "pid": str(os.getpid()),
+            "process": self.process,
+            "state": state,
+            "started_at": repr(self.started_at),
+            "last_seen": repr(now),
+            "heartbeat_s": repr(self._heartbeat_s),
+            "connected": "1" if connected else "0",
+            "threads": json.dumps(threads, separators=(",", ":")),
+            "min_workers": str(snap.min_workers),
+            "max_workers": str(snap.max_workers),
+            "utilisation": repr(round(snap.utilisation, 4)),
+            "stuck": str(snap.stuck_threads),
+            "leased": str(leased),
+            "outbox": str(outbox),
+            "scale_ups": str(snap.counters.scale_ups),
+            "scale_downs": str(snap.counters.scale_downs),
+            "scale_events": json.dumps(events, separators=(",", ":")),
+        }
+
+    def _apply_control(self, control: dict[str, str]) -> None:
+        limits_at = _float(control.get("limits_at"))
+        if limits_at is not None and limits_at >= self.started_at and limits_at != self._limits_at:
+            self._limits_at = limits_at
+            low, high = _int(control.get("min_workers")), _int(control.get("max_workers"))
+            current_low, current_high = self._local.min_workers, self._local.max_workers
+            low = current_low if low is None else low
+            high = current_high if high is None else high
+            if high < low:  # one bound given alone: the other follows it
+                if control.get("max_workers") is None:
+                    high = low
+                else:
+                    low = high
+            try:
+                self._local.set_limits(min_workers=low, max_workers=high)
+                log.info("worker %s: fleet set pool limits to %d-%d", self.worker_id, low, high)
+            except ConfigError as exc:
+                log.warning("worker %s ignored fleet limits: %s", self.worker_id, exc)
+        stop = control.get("stop", "")
+        mode, _, at = stop.partition(":")
+        at_s = _float(at)
+        if mode in ("graceful", "forceful") and at_s is not None and at_s >= self.started_at:
+            with self._lock:
+                if self._stop_request is None or mode == "forceful":
+                    self._stop_request = mode
+            if not self.stop_requested.is_set():
+                log.warning("worker %s: the fleet asked for a %s stop", self.worker_id, mode)
+            self.stop_requested.set()
+
+
+def _qualname(cls: type) -> str:
+    module = cls.__module__
+    return cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text else None
+    except ValueError:
+        return None
