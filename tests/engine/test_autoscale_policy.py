@@ -240,7 +240,7 @@ def test_down_cooldown_follows_a_growth():
 
 def test_down_cooldown_spaces_consecutive_shrinks():
     workers, memory, history = 16, ScaleMemory(), []
-    for t in range(0, 26):
+    for t in range(26):
         decision, memory = decide_scale(idle_pool(float(t), workers=workers, lo=1), POLICY, memory)
         workers += decision.delta
         history.append((t, decision.delta))
