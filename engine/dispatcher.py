@@ -622,8 +622,6 @@ class Dispatcher(Executor):
 
                 # -- record the outcome -----------------------------------------------------
                 if worker.abandoned:  # timed out or abandoned while it ran: nobody wants this
-                    self._stuck -= 1
-                    self._settled.notify_all()
                     return
                 self._run_samples.append(end - start)
                 worker.jobs_done += 1
@@ -646,7 +644,10 @@ class Dispatcher(Executor):
                 lock.release()
                 finished[0]._complete(finished[1], finished[2], finished[3])
                 lock.acquire()
-            if not worker.abandoned:
+            if worker.abandoned:
+                self._stuck -= 1  # an abandoned thread has finally come back
+                self._settled.notify_all()
+            else:
                 self._remove_worker_locked(worker)
             lock.release()
 
@@ -1301,6 +1302,7 @@ class Dispatcher(Executor):
     def _finish_shutdown(self, forceful: bool, timeout_s: float | None, started: float) -> ShutdownReport:
         escalated = False
         abandoned: list[JobHandle] = []
+        cancelled_late: list[JobHandle] = []
         with self._lock:
             if not forceful:
                 deadline = None if timeout_s is None else started + timeout_s
@@ -1331,6 +1333,14 @@ class Dispatcher(Executor):
                     job = worker.job
                     if job is None:
                         continue
+                    if worker.busy_since is None:  # handed over but never started: just cancel it
+                        worker.job = None
+                        self._in_flight -= 1
+                        job._job_state = JobState.CANCELLED
+                        self._c_cancelled += 1
+                        self._forced_cancelled.append((job.id, job.name))
+                        cancelled_late.append(job)
+                        continue
                     self._abandon_worker_locked(worker, [])
                     job._job_state = JobState.CANCELLED
                     self._c_cancelled += 1
@@ -1341,6 +1351,8 @@ class Dispatcher(Executor):
             self._timer_cond.notify()
             logs = self._take_logs_locked()
         self._emit_all(logs)
+        for job in cancelled_late:
+            job._complete(CANCELLED_AND_NOTIFIED, None, None)
         for job in abandoned:
             job._complete(CANCELLED_AND_NOTIFIED, None, None)
             self._emit(logging.WARNING, "abandoned job %d (%s), still running at forceful shutdown", job.id, job.name)

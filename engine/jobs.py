@@ -154,10 +154,13 @@ def cancel_token() -> CancelToken:
 def _invoke_callback(fn: Callable[[Future[Any]], object], handle: JobHandle) -> None:
     try:
         fn(handle)
-    except Exception:
+    except BaseException:  # a callback, even one raising SystemExit, must not kill a worker
         import logging
 
-        logging.getLogger("engine").exception("done-callback %r of job %s raised", fn, handle.id)
+        try:
+            logging.getLogger("engine").exception("done-callback %r of job %s raised", fn, handle.id)
+        except Exception:  # noqa: S110 - a broken log handler has nowhere left to report to
+            pass
 
 
 class JobHandle(Future[Any]):
@@ -211,6 +214,7 @@ class JobHandle(Future[Any]):
         self._token: CancelToken | None = None
         self._token_attempt = 0
         self._skip = False  # set when cancelled while in the backlog or schedule (lazy removal)
+        self._slot: str | None = None  # where the broker holds it: "backlog", "schedule" or None
 
     # -- what the handle tells -------------------------------------------------------------
     @property

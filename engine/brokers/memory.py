@@ -34,12 +34,12 @@ class MemoryBroker(Broker):
         self._heap: list[tuple[float, int, JobHandle]] = []
         self._heap_skipped = 0
         self._seq = itertools.count()
-        self._where: dict[int, str] = {}  # job id -> "b" or "s", only for jobs we hold
         self._dlq: OrderedDict[int, tuple[DeadLetter, JobHandle]] = OrderedDict()
 
     # -- backlog ---------------------------------------------------------------------------------
     def push(self, job: JobHandle) -> None:
         job._skip = False
+        job._slot = "backlog"
         self._backlog.append(job)
 
     def pop(self) -> JobHandle | None:
@@ -47,6 +47,7 @@ class MemoryBroker(Broker):
         while backlog:
             job = backlog.popleft()
             if not job._skip:
+                job._slot = None
                 return job
             self._backlog_skipped -= 1
         return None
@@ -64,6 +65,7 @@ class MemoryBroker(Broker):
     # -- schedule --------------------------------------------------------------------------------
     def schedule(self, job: JobHandle, due_at: float) -> None:
         job._skip = False
+        job._slot = "schedule"
         heapq.heappush(self._heap, (due_at, next(self._seq), job))
 
     def pop_due(self, now: float) -> list[JobHandle]:
@@ -73,6 +75,7 @@ class MemoryBroker(Broker):
             if job._skip:
                 self._heap_skipped -= 1
             else:
+                job._slot = None
                 due.append(job)
         return due
 
@@ -92,22 +95,21 @@ class MemoryBroker(Broker):
 
     # -- removal ---------------------------------------------------------------------------------
     def discard(self, job: JobHandle) -> bool:
-        from engine.jobs import JobState
-
-        if job._skip:
+        if job._skip or job._slot is None:
             return False
-        if job._job_state is JobState.QUEUED:
+        if job._slot == "backlog":
             self._backlog_skipped += 1
-        elif job._job_state is JobState.SCHEDULED:
-            self._heap_skipped += 1
         else:
-            return False
+            self._heap_skipped += 1
         job._skip = True
+        job._slot = None
         return True
 
     def drain(self) -> list[JobHandle]:
         jobs = [job for job in self._backlog if not job._skip]
-        jobs.extend(job for _, _, job in sorted(self._heap) if not job._skip)
+        jobs.extend(job for _, _, job in sorted(self._heap, key=lambda e: (e[0], e[1])) if not job._skip)
+        for job in jobs:
+            job._slot = None
         self._backlog.clear()
         self._heap.clear()
         self._backlog_skipped = self._heap_skipped = 0

@@ -105,15 +105,21 @@ def backoff_delay(
     Raises:
         ConfigError: ``retry`` < 1 or an unknown ``jitter``.
     """
-    if not isinstance(retry, int) or retry < 1:
-        raise ConfigError(f"retry must be an int >= 1, got {retry!r}")
+    if not isinstance(retry, int) or isinstance(retry, bool) or retry < 1:
+        raise ConfigError(f"retry must be an int >= 1; got {retry!r}")
+    _check_float("base_s", base_s, low=0.0)
+    _check_float("factor", factor, low=1.0)
+    _check_float("cap_s", cap_s, low=0.0)
     # Compare in log space so that huge retry numbers never overflow.
     if base_s <= 0.0 or cap_s <= 0.0:
         raw = 0.0
     elif math.log(base_s) + (retry - 1) * math.log(factor) >= math.log(cap_s):
         raw = cap_s
     else:
-        raw = min(cap_s, base_s * factor ** (retry - 1))
+        try:
+            raw = min(cap_s, base_s * factor ** (retry - 1))
+        except OverflowError:  # factor ** n alone overflows although the product stays below the cap
+            raw = min(cap_s, math.exp(math.log(base_s) + (retry - 1) * math.log(factor)))
     if jitter == "none":
         return raw
     if jitter == "full":

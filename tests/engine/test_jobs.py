@@ -283,13 +283,6 @@ def test_a_raising_callback_breaks_nothing(make_dispatcher, gate: Gate, caplog):
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: a done-callback raising a BaseException (e.g. SystemExit) escapes "
-    "_invoke_callback (which catches Exception only) and kills the worker thread; the job it "
-    "had already taken stays RUNNING forever (in_flight never drops, join() never returns), and "
-    "the worker's finally block fails with 'release unlocked lock'",
-)
 def test_a_callback_raising_base_exception_does_not_kill_the_worker(make_dispatcher, gate: Gate):
     d = make_dispatcher(min_workers=1, max_workers=1)
     first = d.submit(gate.job, 1)

@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine import ConfigError, DeadLetter, JobHandle, JobOptions, JobState, MemoryBroker, RetryPolicy
+from engine import (
+    ConfigError,
+    DeadLetter,
+    JobHandle,
+    JobOptions,
+    JobState,
+    MemoryBroker,
+    RetryPolicy,
+)
 
 OPTIONS = JobOptions(None, RetryPolicy(), None)
 
@@ -93,12 +101,6 @@ def test_discard_of_a_running_or_finished_job_is_refused():
     assert broker.backlog_len() == 0 and broker.scheduled_len() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: MemoryBroker.discard trusts the job's state instead of what it holds "
-    "(the _where map is never filled): discarding a job it does not hold returns True and "
-    "drives backlog_len()/scheduled_len() negative, against Broker.discard's contract",
-)
 @pytest.mark.parametrize("state", [JobState.QUEUED, JobState.SCHEDULED])
 def test_discard_of_a_job_the_broker_does_not_hold_is_refused(state):
     broker = MemoryBroker()

@@ -285,13 +285,6 @@ def test_every_job_ends_exactly_once_and_the_counters_match(plan: Plan) -> None:
     assert not pending and len(done) == len(handles)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: a forceful shutdown with force_wait_s=0 reports a job that was handed to an "
-    "idle worker but never started as 'abandoned' (logged as still running, attempts 0) instead of "
-    "cancelled, and the worker thread then exits without decrementing stuck_threads, which stays "
-    "above 0 forever",
-)
 def test_a_job_that_never_started_is_not_reported_abandoned():
     # Found by the property test above. To make the window deterministic, the switch interval is
     # raised so the worker cannot wake between the hand-off and the forceful shutdown; the bug is
