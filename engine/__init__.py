@@ -48,7 +48,14 @@ from engine.metrics import (
     WorkerState,
     format_log_line,
 )
-from engine.policy import AutoscalePolicy, RetryPolicy, ScaleDecision, ScaleStats, backoff_delay, decide_scale
+from engine.policy import (
+    AutoscalePolicy,
+    RetryPolicy,
+    ScaleDecision,
+    ScaleStats,
+    backoff_delay,
+    decide_scale,
+)
 
 __all__ = [
     "AutoscalePolicy",

@@ -26,13 +26,14 @@ while any worker is idle, and when all workers are idle the assignment order is 
 from __future__ import annotations
 
 import atexit
-import os
 import bisect
 import difflib
+import functools
 import heapq
 import itertools
 import logging
 import math
+import os
 import random
 import reprlib
 import sys
@@ -168,7 +169,7 @@ class Dispatcher(Executor):
         ConfigError: any bad argument, or an unknown one, with what is allowed.
     """
 
-    def __init__(  # noqa: PLR0912, PLR0913, PLR0915
+    def __init__(
         self,
         *,
         min_workers: int = 1,
@@ -419,7 +420,7 @@ class Dispatcher(Executor):
         """:meth:`concurrent.futures.Executor.map`, submitting the calls in one batch."""
         if timeout is not None:
             return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)
-        jobs = self.submit_many(fn, zip(*iterables))
+        jobs = self.submit_many(fn, zip(*iterables, strict=False))
 
         def results() -> Iterator[T]:
             try:
@@ -551,7 +552,7 @@ class Dispatcher(Executor):
         if self._stopped:
             self._timer_cond.notify()
 
-    def _worker_main(self, worker: _Worker) -> None:  # noqa: PLR0912, PLR0915
+    def _worker_main(self, worker: _Worker) -> None:
         lock, now, broker = self._lock, self._now, self._broker
         tasks = self._tasks
         finished: tuple[JobHandle, str, Any, BaseException | None] | None = None
@@ -610,7 +611,7 @@ class Dispatcher(Executor):
                 try:
                     fn = job.fn
                     if fn is None:
-                        fn = tasks.get(job.task) if tasks is not None else _no_registry(job.task)
+                        fn = tasks.get(job.task or "") if tasks is not None else _no_registry(job.task)
                     kwargs = job.kwargs
                     result = fn(*job.args, **kwargs) if kwargs else fn(*job.args)
                 except BaseException as caught:  # a job can never kill its worker
@@ -668,7 +669,7 @@ class Dispatcher(Executor):
         """Log without ever raising: a broken handler must not break a worker or the timer."""
         try:
             self._log.log(level, message, *args, exc_info=exc_info)
-        except Exception:  # noqa: S110 - there is nowhere left to report it
+        except Exception:
             pass
 
     # ==========================================================================================
@@ -883,7 +884,7 @@ class Dispatcher(Executor):
                 failure = (None, replace(failure[1], traceback=failure[1].traceback + stack))
             finished = self._fail_locked(job, exc, failure)
             if finished is not None:
-                after.append(lambda f=finished: f[0]._complete(f[1], f[2], f[3]))
+                after.append(functools.partial(finished[0]._complete, finished[1], finished[2], finished[3]))
             self._deferred_logs.append((
                 logging.WARNING, "job %d (%s) timed out after %gs; its thread is abandoned",
                 (job.id, job.name, timeout_s),
@@ -938,7 +939,7 @@ class Dispatcher(Executor):
             return
         if delta > 0:
             new = [self._add_worker_locked() for _ in range(delta)]
-            after.extend((lambda w=w: self._start_worker(w)) for w in new)
+            after.extend(functools.partial(self._start_worker, w) for w in new)
             self._c_scale_ups += delta
             if not self._paused:
                 self._dispatch_locked()
@@ -1232,7 +1233,7 @@ class Dispatcher(Executor):
                 self._settled.wait(remaining)
             return True
 
-    def shutdown(
+    def shutdown(  # type: ignore[override]  # returns a report where Executor returns None
         self, wait: bool = True, *, cancel_futures: bool = False, timeout_s: float | None = None
     ) -> ShutdownReport:
         """Stop the dispatcher. Thread-safe and idempotent.
@@ -1330,9 +1331,10 @@ class Dispatcher(Executor):
                     self._clock.wait(self._settled, deadline - self._now())
                 self._stopped = True  # from here on, nothing replaces an abandoned worker
                 for worker in list(self._workers.values()):
-                    job = worker.job
-                    if job is None:
+                    taken = worker.job
+                    if taken is None:
                         continue
+                    job = taken
                     if worker.busy_since is None:  # handed over but never started: just cancel it
                         worker.job = None
                         self._in_flight -= 1

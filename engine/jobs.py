@@ -17,7 +17,7 @@ from concurrent.futures._base import (  # the states Future's own methods test a
     RUNNING,
 )
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from engine.errors import ConfigError, UnknownTask
@@ -46,7 +46,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _LAZY_LOCK = threading.Lock()
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
     """Where a job is in its life. The last three are final."""
 
     QUEUED = "queued"
@@ -159,7 +159,7 @@ def _invoke_callback(fn: Callable[[Future[Any]], object], handle: JobHandle) -> 
 
         try:
             logging.getLogger("engine").exception("done-callback %r of job %s raised", fn, handle.id)
-        except Exception:  # noqa: S110 - a broken log handler has nowhere left to report to
+        except Exception:
             pass
 
 
@@ -181,7 +181,7 @@ class JobHandle(Future[Any]):
     """
 
     # Not calling Future.__init__ is deliberate: it eagerly builds a Condition (about 1 KiB).
-    def __init__(  # noqa: PLR0913
+    def __init__(
         self,
         dispatcher: Dispatcher | None,
         job_id: int,
@@ -226,8 +226,9 @@ class JobHandle(Future[Any]):
         return f"<JobHandle id={self.id} name={self.name!r} state={self._job_state.value} attempts={self.attempts}>"
 
     # -- Future internals, created on first use --------------------------------------------
-    @property  # type: ignore[override]
-    def _condition(self) -> threading.Condition:
+    # Future declares these as plain attributes; read-only properties are deliberate here.
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
         cond = self._cond
         if cond is None:
             with _LAZY_LOCK:
@@ -237,7 +238,7 @@ class JobHandle(Future[Any]):
         return cond
 
     @property
-    def _waiters(self) -> list[Any]:
+    def _waiters(self) -> list[Any]:  # type: ignore[override]
         waiters = self._waiters_
         if waiters is None:
             with _LAZY_LOCK:

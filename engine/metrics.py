@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 __all__ = [
     "EngineState",
@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 
-class EngineState(str, Enum):
+class EngineState(StrEnum):
     """The dispatcher's life cycle."""
 
     RUNNING = "running"
@@ -43,7 +43,7 @@ class EngineState(str, Enum):
         return self.value
 
 
-class WorkerState(str, Enum):
+class WorkerState(StrEnum):
     """What one worker thread is doing."""
 
     IDLE = "idle"

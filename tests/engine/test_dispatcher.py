@@ -456,7 +456,7 @@ def test_a_failing_log_handler_does_not_stop_the_timer(make_dispatcher, clock: F
         def emit(self, record: logging.LogRecord) -> None:
             raise RuntimeError("handler bug")
 
-        def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802
+        def handleError(self, record: logging.LogRecord) -> None:
             raise RuntimeError("handleError bug too")
 
     logger = logging.getLogger("engine.test.broken")

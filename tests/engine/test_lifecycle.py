@@ -125,7 +125,7 @@ def test_forceful_shutdown_cancels_queued_and_scheduled_and_waits_briefly(make_d
     assert report.forceful and not report.escalated
     assert {job_id for job_id, _ in report.cancelled} == {h.id for h in queued} | {retry.id}
     assert {job_id for job_id, _ in report.abandoned} == {coop.id, stubborn.id}
-    for h in queued + [retry, coop, stubborn]:
+    for h in [*queued, retry, coop, stubborn]:
         with pytest.raises(cf.CancelledError):
             h.result(timeout=0)
     assert d.snapshot().consistent
