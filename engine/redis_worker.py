@@ -161,8 +161,9 @@ class RedisWorker:
             dies is run again after at most this long.
         heartbeat_s: seconds between heartbeats (lease renewals); below ``lease_s / 2``.
         heartbeat_ttl_s: how long a silent worker's heartbeat stays visible to dashboards.
-        prefetch: jobs fetched beyond ``max_workers``, so threads never wait for a round trip.
-            Default: ``max_workers``.
+        prefetch: jobs fetched beyond ``max_workers``, so threads never wait for a round trip;
+            the fetcher refills once half of it is free. Default: ``2 * max_workers``. Lower it
+            for long jobs (a prefetched job waits for this process even if another is idle).
         poll_s: the longest an idle fetcher blocks on Redis before looking again.
         clock: time source; default :class:`RealClock`.
         rng: source of retry jitter; default ``random.Random()``.
@@ -177,7 +178,7 @@ class RedisWorker:
         ConfigError: a bad argument, with what is allowed.
     """
 
-    def __init__(  # noqa: PLR0913, PLR0915
+    def __init__(
         self,
         queue: RedisQueue | str,
         tasks: TaskRegistry,
@@ -245,7 +246,7 @@ class RedisWorker:
         self._lease_s = float(lease_s)
         self._heartbeat_s = float(heartbeat_s)
         self._heartbeat_ttl_s = float(heartbeat_ttl_s)
-        self._prefetch = self._local.max_workers if prefetch is None else prefetch
+        self._prefetch = 2 * self._local.max_workers if prefetch is None else prefetch
         self._poll_s = float(poll_s)
         self._stop_redis_timeout_s = float(stop_redis_timeout_s)
         self._name = name
@@ -261,6 +262,7 @@ class RedisWorker:
         self._leased: dict[str, _Delivery] = {}  # (lock) token -> delivery, until its outcome is flushed
         self._by_local: dict[int, _Delivery] = {}  # (lock) local job id -> delivery, while unsettled
         self._held = 0  # (lock) fetched and not yet settled
+        self._refill_at = 0  # (lock) wake the waiting fetcher once _held drops to this
         self._outbox: list[tuple[_Delivery, Outcome]] = []  # (lock) decided, not yet sent
         self._settled_n = 0  # (lock)
         self._stale_n = 0  # (lock)
@@ -549,18 +551,32 @@ class RedisWorker:
     # ==========================================================================================
     def _fetch_main(self) -> None:
         failures = 0
+        unsure = False  # a fetch failed: its reply may be lost with jobs leased to us
         while True:
             with self._lock:
                 if self._fetch_stop:
                     return
+                # Refill once half the prefetch buffer is free (with no prefetch: once a thread
+                # is free), so each round trip fetches a batch rather than one job.
                 capacity = self._local.max_workers + self._prefetch - self._held
-                if capacity <= 0:
+                min_batch = max(1, (self._prefetch + 1) // 2)
+                if capacity < min_batch:
+                    self._refill_at = self._held - (min_batch - capacity)
                     self._clock.wait(self._room, self._poll_s)
                     continue
             try:
+                if unsure:
+                    with self._lock:
+                        known = list(self._leased)
+                    recovered = self.queue.recover(self.worker_id, known)
+                    unsure = False
+                    if recovered:
+                        log.warning("worker %s put back %d jobs leased by a fetch whose reply was lost",
+                                    self.worker_id, recovered)
                 result = self.queue.fetch(self.worker_id, capacity, lease_s=self._lease_s)
             except BrokerUnavailable as exc:
                 failures += 1
+                unsure = True
                 self._note_down(exc)
                 self._backoff_wait(failures)
                 continue
@@ -638,7 +654,8 @@ class RedisWorker:
             d.handle = handle
             if not d.settled:
                 self._by_local[handle.id] = d
-        handle.add_done_callback(lambda h, d=d: self._on_done(d, h))
+        if job.timeout_s is not None:  # only a local timeout ends an attempt without _run seeing it
+            handle.add_done_callback(lambda h, d=d: self._on_done(d, h))
 
     # ==========================================================================================
     # Running (worker threads of the local dispatcher)
@@ -646,19 +663,21 @@ class RedisWorker:
     def _run(self, d: _Delivery) -> None:
         """The local job: run the task, decide the outcome, queue it. Never raises."""
         assert d.fn is not None and d.job is not None
-        token = cancel_token()
+        # Only an attempt with a timeout can be given up on while it runs (forceful stops are
+        # handled by stop()); asking for the token costs an Event, so only those ask.
+        token = cancel_token() if d.job.timeout_s is not None else None
         start_wall = self._clock.time()
         start = self._clock.monotonic()
         wait_s = max(0.0, start_wall - d.enqueued_at)
         try:
             d.fn(*d.job.args, **d.job.kwargs)
         except BaseException as exc:  # a job can never kill its worker
-            if not token.cancelled():
+            if token is None or not token.cancelled():
                 self._failed(d, exc, run_s=self._clock.monotonic() - start, wait_s=wait_s, timed_out=False)
             return
-        # A cancelled token means the local pool gave up on this attempt (timeout or forceful
-        # stop): the done-callback or stop() reports it, whatever the task returned.
-        if not token.cancelled():
+        # A cancelled token means the local pool gave up on this attempt (it timed out): the
+        # done-callback reports it, whatever the task returned.
+        if token is None or not token.cancelled():
             self._settle(d, Outcome.ok(d.job_id, d.token, run_s=self._clock.monotonic() - start, wait_s=wait_s))
 
     def _on_done(self, d: _Delivery, handle: Future[Any]) -> None:
@@ -718,7 +737,8 @@ class RedisWorker:
                 self._by_local.pop(d.handle.id, None)
             self._outbox.append((d, outcome))
             self._outbox_cond.notify()
-            self._room.notify()
+            if self._held <= self._refill_at:
+                self._room.notify()
 
     def _forget_locked(self, d: _Delivery) -> None:
         self._leased.pop(d.token, None)
@@ -731,6 +751,7 @@ class RedisWorker:
     # ==========================================================================================
     def _flush_main(self) -> None:
         failures = 0
+        resend = False  # the last send failed: it may have been applied with its reply lost
         while True:
             with self._lock:
                 while not self._outbox and not self._flush_stop and not self._flush_abort:
@@ -742,6 +763,7 @@ class RedisWorker:
                 result = self.queue.settle([outcome for _, outcome in batch])
             except BrokerUnavailable as exc:
                 failures += 1
+                resend = True
                 self._note_down(exc)
                 self._backoff_wait(failures)
                 continue
@@ -759,8 +781,11 @@ class RedisWorker:
                 self._settled_n += result.accepted
                 self._stale_n += result.stale
             if result.stale:
-                log.warning("worker %s: %d outcomes arrived after their lease ended (the jobs ran again "
-                            "elsewhere)", self.worker_id, result.stale)
+                log.log(logging.INFO if resend else logging.WARNING,
+                        "worker %s: %d outcomes were not applied because their lease had ended (the lease "
+                        "expired and the job was handed out again%s)", self.worker_id, result.stale,
+                        ", or an earlier send whose reply was lost had applied them" if resend else "")
+            resend = False
 
     # ==========================================================================================
     # Heartbeat
@@ -789,6 +814,13 @@ class RedisWorker:
             self._note_down(exc)
             return
         self._note_up()
+        if lost:
+            # Outcomes flushed since the lease list was taken are not lost: only count jobs
+            # still unsettled here whose lease Redis no longer has.
+            lost_ids = set(lost)
+            with self._lock:
+                lost = [job_id for job_id, token in leases if job_id in lost_ids
+                        and token in self._leased and not self._leased[token].settled]
         if lost:
             log.warning("worker %s lost the lease of %d jobs (%s); they run again elsewhere", self.worker_id,
                         len(lost), ", ".join(map(str, lost[:10])))

@@ -44,7 +44,7 @@ if count > 0 then
       if v[1] then
         tok = tok + 1
         local attempt = redis.call('HINCRBY', k, 'a', 1)
-        redis.call('HSET', k, 'l', tok, 'w', wid, 's', now)
+        redis.call('HSET', k, 'l', tok, 'w', wid)
         redis.call('ZADD', PROC, deadline, id)
         out[#out + 1] = id
         out[#out + 1] = tostring(tok)

@@ -6,7 +6,7 @@
 -- queue's keys in one hash slot). Per job there is one hash, <base>job:<id>, with fields
 --   p  the payload (JSON text written by the producer; never decoded here except best-effort)
 --   a  attempts started          e  when it last became ready (wall-clock seconds)
---   l  lease token while leased   w  the leasing worker         s  when the lease started
+--   l  lease token while leased   w  the leasing worker
 --   f  first failure time         x  last failure time          d  DLQ entry (JSON)
 -- Times are wall-clock seconds passed in by the caller's clock, never read here.
 
@@ -78,7 +78,7 @@ local function lease_lost(id, now, dlq_max, why)
   local k = jkey(id)
   redis.call('ZREM', PROC, id)
   local owner = redis.call('HGET', k, 'w') or '?'
-  redis.call('HDEL', k, 'l', 'w', 's')
+  redis.call('HDEL', k, 'l', 'w')
   local p = redis.call('HGET', k, 'p')
   if not p then
     return 0

@@ -12,7 +12,7 @@ for i = 5, #ARGV, 2 do
   if redis.call('HGET', k, 'l') == tok then
     if mode == 'unstarted' then
       redis.call('ZREM', PROC, id)
-      redis.call('HDEL', k, 'l', 'w', 's')
+      redis.call('HDEL', k, 'l', 'w')
       redis.call('HINCRBY', k, 'a', -1)
       back[#back + 1] = id
     else

@@ -25,7 +25,7 @@ for i = 4, #ARGV, 8 do
       redis.call('DEL', k)
       n_ok = n_ok + 1
     else
-      redis.call('HDEL', k, 'l', 'w', 's')
+      redis.call('HDEL', k, 'l', 'w')
       n_failed = n_failed + 1
       if kind == 'retry' then
         redis.call('HSETNX', k, 'f', now)

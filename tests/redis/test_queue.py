@@ -425,3 +425,16 @@ def test_every_job_is_in_exactly_one_place(queue: RedisQueue, clock: FakeClock, 
         assert snap.counters.succeeded == len(finished)
         assert snap.counters.succeeded + snap.counters.dead_lettered + snap.unfinished == submitted
     assert json.loads(json.dumps(queue.counters()))  # plain ints
+
+
+def test_recover_gives_back_leases_whose_fetch_reply_was_lost(queue: RedisQueue, raw: redis.Redis) -> None:
+    queue.submit_many("t", [(i,) for i in range(4)])
+    known = queue.fetch("w1", 1, lease_s=10).deliveries
+    queue.fetch("w1", 2, lease_s=10)  # pretend this reply never arrived
+    queue.fetch("w2", 1, lease_s=10)  # another worker's lease is left alone
+    assert queue.recover("w1", [d.token for d in known]) == 2
+    assert raw.lrange(queue.base + "ready", 0, -1) == ["2", "3"]
+    assert [raw.hget(queue.base + f"job:{i}", "a") for i in (2, 3)] == ["0", "0"]
+    assert raw.zrange(queue.base + "processing", 0, -1) == ["1", "4"]
+    assert queue.recover("w1", [d.token for d in known]) == 0
+    check_consistent(queue)
