@@ -27,6 +27,7 @@ after ``force_wait_s`` and hands them back to the queue as failed attempts.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -655,7 +656,7 @@ class RedisWorker:
             if not d.settled:
                 self._by_local[handle.id] = d
         if job.timeout_s is not None:  # only a local timeout ends an attempt without _run seeing it
-            handle.add_done_callback(lambda h, d=d: self._on_done(d, h))
+            handle.add_done_callback(functools.partial(self._on_done, d))
 
     # ==========================================================================================
     # Running (worker threads of the local dispatcher)

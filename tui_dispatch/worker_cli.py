@@ -33,9 +33,8 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from types import FrameType, ModuleType
-
 from concurrent.futures import CancelledError
+from types import FrameType, ModuleType
 
 from engine import BrokerUnavailable, ConfigError, RetryPolicy, TaskRegistry, cancel_token
 from engine.brokers.redis import RedisQueue

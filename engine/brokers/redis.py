@@ -390,7 +390,7 @@ class RedisQueue:
         ConfigError: a bad argument, with what is allowed.
     """
 
-    def __init__(  # noqa: PLR0913
+    def __init__(
         self,
         url: str = "redis://127.0.0.1:6379/0",
         *,
@@ -408,10 +408,10 @@ class RedisQueue:
             raise ConfigError(
                 f"url must start with redis://, rediss:// (TLS) or unix://; got {redact_url(str(url))!r}"
             )
-        for what, value in (("queue", queue), ("prefix", prefix)):
-            if not isinstance(value, str) or not _NAME.match(value):
+        for what, name in (("queue", queue), ("prefix", prefix)):
+            if not isinstance(name, str) or not _NAME.match(name):
                 raise ConfigError(
-                    f"{what} must be 1-100 characters of letters, digits, '_', '.', '-' or ':'; got {value!r}"
+                    f"{what} must be 1-100 characters of letters, digits, '_', '.', '-' or ':'; got {name!r}"
                 )
         if tasks is not None and not isinstance(tasks, TaskRegistry):
             raise ConfigError(f"tasks must be a TaskRegistry or None; got {tasks!r}")
@@ -724,7 +724,7 @@ class RedisQueue:
         try:
             pipe = self._redis.pipeline(transaction=True)
             pipe.delete(key)
-            pipe.hset(key, mapping=dict(fields))
+            pipe.hset(key, mapping=dict[Any, Any](fields))
             pipe.expire(key, max(1, math.ceil(ttl_s)))
             pipe.zadd(self.base + "workers", {worker_id: now})
             pipe.zremrangebyscore(self.base + "workers", "-inf", now - max(ttl_s, 3600.0))
@@ -755,7 +755,7 @@ class RedisQueue:
             BrokerUnavailable: Redis cannot be reached.
         """
         try:
-            result: dict[str, str] = self._redis.hgetall(self.base + "control")
+            result: dict[str, str] = self._redis.hgetall(self.base + "control")  # type: ignore[assignment]
         except redis.exceptions.RedisError as exc:
             raise self._unavailable(exc) from exc
         return result
@@ -852,7 +852,7 @@ class RedisQueue:
             BrokerUnavailable: Redis cannot be reached.
         """
         try:
-            raw: dict[str, str] = self._redis.hgetall(self.base + "stats")
+            raw: dict[str, str] = self._redis.hgetall(self.base + "stats")  # type: ignore[assignment]
         except redis.exceptions.RedisError as exc:
             raise self._unavailable(exc) from exc
         return {k: int(v) for k, v in raw.items()}

@@ -77,7 +77,7 @@ def test_an_outage_is_reported_and_retried_with_backoff(redis_url: str, prefix: 
 
     try:
         FleetView.snapshot = counting  # type: ignore[method-assign]
-        with pytest.raises(BrokerUnavailable, match="Redis at redis://127.0.0.1:1/0 is unavailable"):
+        with pytest.raises(BrokerUnavailable, match=r"Redis at redis://127\.0\.0\.1:1/0 is unavailable"):
             source.snapshot()
         assert len(calls) == 1 and not source.connected and "unavailable" in source.status()
         # Within the backoff delay nothing is sent: the same error, with when the next try is.

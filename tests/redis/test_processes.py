@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -38,7 +37,7 @@ def spawn(tmp_path: Path, redis_url: str, prefix: str) -> Iterator[Spawn]:
         env = dict(os.environ, TDTEST_REDIS_URL=redis_url, TDTEST_PREFIX=prefix, PYTHONPATH=str(ROOT))
         started = []
         for _ in range(n):
-            log = open(tmp_path / f"worker-{len(procs)}.log", "wb")  # noqa: SIM115 - closed with the process
+            log = open(tmp_path / f"worker-{len(procs)}.log", "wb")
             proc = subprocess.Popen(
                 [sys.executable, "-m", "tui_dispatch.worker_cli", "--redis", queue_url,
                  "--tasks", "tests.redis.fleet_tasks", "--prefix", prefix, "--log-interval-s", "0", *args],
