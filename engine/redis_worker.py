@@ -67,7 +67,7 @@ from engine.metrics import Snapshot
 from engine.policy.autoscale import AutoscalePolicy
 from engine.policy.backoff import RetryPolicy, backoff_delay
 
-__all__ = ["RedisWorker", "WorkerStatus", "StopReport"]
+__all__ = ["RedisWorker", "WorkerStatus", "StopReport", "RedisJob", "current_redis_job"]
 
 log = logging.getLogger("engine.redis")
 
@@ -75,6 +75,39 @@ _FLUSH_BATCH = 1000
 _RECONNECT_BASE_S = 0.1
 _RECONNECT_CAP_S = 5.0
 _STILL_DOWN_LOG_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RedisJob:
+    """What a task running in a :class:`RedisWorker` can learn about its job.
+
+    Attributes:
+        job_id: the job's id in the queue.
+        attempt: this attempt's number across the fleet (1 for the first; a retry on another
+            host continues the count).
+        max_retries: the job's retry limit.
+        name: the job's name.
+        task: the task name.
+    """
+
+    job_id: int
+    attempt: int
+    max_retries: int
+    name: str
+    task: str
+
+
+_current = threading.local()
+
+
+def current_redis_job() -> RedisJob | None:
+    """The Redis job running on the calling thread, or ``None`` outside one. Thread-safe.
+
+    (:func:`engine.current_job` describes the local attempt, whose number is always 1 because
+    retries go through Redis.)
+    """
+    job: RedisJob | None = getattr(_current, "job", None)
+    return job
 
 
 @dataclass(frozen=True, slots=True)
@@ -670,12 +703,15 @@ class RedisWorker:
         start_wall = self._clock.time()
         start = self._clock.monotonic()
         wait_s = max(0.0, start_wall - d.enqueued_at)
+        _current.job = RedisJob(d.job_id, d.attempt, d.job.max_retries, d.job.name, d.job.task)
         try:
             d.fn(*d.job.args, **d.job.kwargs)
         except BaseException as exc:  # a job can never kill its worker
             if token is None or not token.cancelled():
                 self._failed(d, exc, run_s=self._clock.monotonic() - start, wait_s=wait_s, timed_out=False)
             return
+        finally:
+            _current.job = None
         # A cancelled token means the local pool gave up on this attempt (it timed out): the
         # done-callback reports it, whatever the task returned.
         if token is None or not token.cancelled():

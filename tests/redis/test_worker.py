@@ -354,3 +354,23 @@ def test_bad_worker_settings_are_named(redis_url: str, prefix: str) -> None:
             RedisWorker(queue, TaskRegistry(), prefetch=-1)
     finally:
         queue.close()
+
+
+def test_a_task_can_see_its_fleet_wide_attempt(make_worker: MakeWorker) -> None:
+    from engine.redis_worker import RedisJob, current_redis_job
+
+    tasks = TaskRegistry()
+    seen: list[RedisJob | None] = []
+
+    @tasks.task("look")
+    def look() -> None:
+        seen.append(current_redis_job())
+        if len(seen) < 3:
+            raise ValueError("again")
+
+    worker, queue = make_worker(tasks, max_retries=4)
+    queue.submit_job("look", name="looker")
+    worker.start()
+    eventually(drained(queue), what="the job to succeed on its third attempt")
+    assert seen == [RedisJob(1, n, 4, "looker", "look") for n in (1, 2, 3)]
+    assert current_redis_job() is None
