@@ -56,7 +56,7 @@ class BenchError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Summary:
-    """Median and range (min–max) of repeated measurements."""
+    """Median and range (min-max) of repeated measurements."""
 
     median: float
     low: float
@@ -75,23 +75,24 @@ class Summary:
         return cls(statistics.median(values), min(values), max(values), len(values))
 
     def fmt(self, spec: str = ",.0f", unit: str = "") -> str:
-        """``median (low–high)`` with ``spec`` applied to each number, e.g. ``1.52× (1.48–1.60)``."""
+        """``median (low-high)`` with ``spec`` applied to each number, e.g. ``1.52x (1.48-1.60)``."""
         return (
             f"{format(self.median, spec)}{unit} "
-            f"({format(self.low, spec)}–{format(self.high, spec)})"
+            f"({format(self.low, spec)}-{format(self.high, spec)})"
         )
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
 
 
-def common_parser(description: str, *, default_reps: int = 5) -> argparse.ArgumentParser:
+def common_parser(description: str, *, default_reps: int = 5, prog: str | None = None) -> argparse.ArgumentParser:
     """The options every bench module's ``main(argv)`` accepts.
 
     ``--reps N`` (default ``default_reps``), ``--quick`` (2 repetitions, for a fast look; not for
     recorded numbers) and ``--json PATH`` (``-`` prints the JSON to stdout instead of the table).
+    ``prog`` names the command in usage lines (default ``python -m bench``).
     """
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(prog=prog or "python -m bench", description=description)
     parser.add_argument("--reps", type=int, default=None,
                         help=f"repetitions per side (default {default_reps}; --quick: 2)")
     parser.add_argument("--quick", action="store_true",

@@ -2,19 +2,19 @@
 
 Workloads (the goals come from issue 2):
 
-* **W1** 100,000 no-op jobs on 4 workers: throughput; goal engine ≥ 1.5× TPE. The engine is
+* **W1** 100,000 no-op jobs on 4 workers: throughput; goal engine >= 1.5x TPE. The engine is
   measured with one ``submit`` per job and with one ``submit_many`` for the whole batch.
 * **W2** 2,000 jobs that each sleep 10 ms, on 100 workers: throughput against the ideal
-  100 / 10 ms = 10,000 jobs/s; goal engine ≥ 0.95 of ideal. A reference side measures the floor
+  100 / 10 ms = 10,000 jobs/s; goal engine >= 0.95 of ideal. A reference side measures the floor
   of plain Python: 100 pre-started bare threads doing 20 sleeps each, with no executor at all.
 * **W3** 20,000 jobs on 4 workers, 20 % of them (picked by a seeded ``random.Random``) fail once
-  and then succeed, retry delay 0: goal engine ≥ 1.5× a TPE that resubmits failures. TPE
+  and then succeed, retry delay 0: goal engine >= 1.5x a TPE that resubmits failures. TPE
   resubmits either from a done-callback (each job keeps one outer ``Future`` that settles after
   its last attempt, like the engine's handle) or in rounds (wait for a whole round, then resubmit
   that round's failures).
 * **MEM** 1,000,000 queued no-op jobs with their handles kept: bytes per job, from the RSS before
   and after submitting while no job can start (engine: ``pause()``; TPE: its 4 workers blocked on a
-  ``threading.Event`` gate). Goal ≤ 1 KiB per job.
+  ``threading.Event`` gate). Goal <= 1 KiB per job.
 
 How a throughput run waits for all its jobs matters a lot, so each is measured both ways and
 ratios only compare runs that wait the same way:
@@ -28,7 +28,7 @@ Method: every measured run is a fresh subprocess (``bench._util.run_child``), an
 workload take turns (the side order is reversed on odd repetitions). A throughput run is timed
 with ``time.perf_counter`` from building the executor, through submitting every job and waiting for
 all of them, to the return of ``shutdown(wait=True)``; imports happen before the clock starts.
-Ratios are engine / baseline per repetition, summarised as median and range (min–max).
+Ratios are engine / baseline per repetition, summarised as median and range (min-max).
 
 Run: ``python -m bench engine_vs_tpe [--reps N] [--quick] [--only W1] [--json PATH]``.
 """
@@ -507,14 +507,14 @@ def workloads() -> list[Workload]:
             Side("engine submit + join()", "w1_engine", {**w1, "form": "submit", **native}, True, NATIVE),
             Side("engine submit_many + join()", "w1_engine", {**w1, "form": "submit_many", **native}, True, NATIVE),
             Side("TPE + shutdown()", "w1_tpe", {**w1, **native}, False, NATIVE),
-        ), "engine ≥ 1.5× TPE"),
-        Workload("W2", "2,000 jobs × 10 ms sleep, 100 workers", "throughput", (
+        ), "engine >= 1.5x TPE"),
+        Workload("W2", "2,000 jobs x 10 ms sleep, 100 workers", "throughput", (
             Side("engine submit + wait()", "w2_engine", {**w2, **wait_}, True, WAIT),
             Side("TPE + wait()", "w2_tpe", {**w2, **wait_}, False, WAIT),
             Side("engine submit + join()", "w2_engine", {**w2, **native}, True, NATIVE),
             Side("TPE + shutdown()", "w2_tpe", {**w2, **native}, False, NATIVE),
             Side("bare threads, pre-started (floor)", "w2_bare", w2, False, "reference"),
-        ), "engine ≥ 0.95 of ideal 10,000 jobs/s", ideal_jobs_per_s=W2_IDEAL_JOBS_PER_S),
+        ), "engine >= 0.95 of ideal 10,000 jobs/s", ideal_jobs_per_s=W2_IDEAL_JOBS_PER_S),
         Workload("W3", "20,000 jobs, 20% fail once, retry delay 0, 4 workers", "throughput", (
             Side("engine submit + wait()", "w3_engine", {**w3, "form": "submit", **wait_}, True, WAIT),
             Side("engine submit_many + wait()", "w3_engine", {**w3, "form": "submit_many", **wait_}, True, WAIT),
@@ -523,12 +523,12 @@ def workloads() -> list[Workload]:
             Side("engine submit + join()", "w3_engine", {**w3, "form": "submit", **native}, True, NATIVE),
             Side("engine submit_many + join()", "w3_engine", {**w3, "form": "submit_many", **native}, True, NATIVE),
             Side("TPE callback-resubmit + latch", "w3_tpe_callback", {**w3, **native}, False, NATIVE),
-        ), "engine ≥ 1.5× TPE resubmitting"),
+        ), "engine >= 1.5x TPE resubmitting"),
         Workload("MEM", "1,000,000 queued no-op jobs, handles kept", "memory", (
             Side("engine submit", "mem_engine", {**mem, "form": "submit"}, True, "queued"),
             Side("engine submit_many", "mem_engine", {**mem, "form": "submit_many"}, True, "queued"),
             Side("TPE", "mem_tpe", mem, False, "queued"),
-        ), "engine ≤ 1 KiB (1024 B) per job"),
+        ), "engine <= 1 KiB (1024 B) per job"),
     ]
 
 
@@ -608,7 +608,7 @@ def _short(label: str) -> str:
 
 def render(results: dict[str, Any]) -> str:
     """The readable tables: results per side, time per phase, then the notes."""
-    headers = ["workload", "side", "median (min–max)", "engine / TPE: median (min–max)",
+    headers = ["workload", "side", "median (min-max)", "engine / TPE: median (min-max)",
                "goal", "peak RSS MiB"]
     rows: list[list[str]] = []
     for key, w in results["workloads"].items():
@@ -618,7 +618,7 @@ def render(results: dict[str, Any]) -> str:
             ratios = s.get("ratio_to")
             several = ratios is not None and len(ratios) > 1
             if ratios:
-                ratio = "; ".join((f"vs {_short(b)} " if several else "") + _fmt(r, ".2f", "×")
+                ratio = "; ".join((f"vs {_short(b)} " if several else "") + _fmt(r, ".2f", "x")
                                   for b, r in ratios.items())
             elif s["engine"]:
                 ratio = ""
@@ -661,7 +661,8 @@ def render(results: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the workloads and print the table (and/or JSON). Main thread only."""
-    parser = common_parser("Engine vs concurrent.futures.ThreadPoolExecutor on the same workloads.")
+    parser = common_parser("Engine vs concurrent.futures.ThreadPoolExecutor on the same workloads.",
+                           prog=f"python -m bench {MODULE}")
     parser.add_argument("--only", action="append", choices=["W1", "W2", "W3", "MEM"],
                         help="run only this workload (repeatable)")
     parser.add_argument("--baselines-only", action="store_true",
