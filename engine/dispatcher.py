@@ -56,6 +56,7 @@ from engine.errors import (
     DispatcherClosed,
     JobNotFound,
     JobTimeout,
+    Permanent,
     QueueFull,
     RetryAfter,
 )
@@ -690,15 +691,12 @@ class Dispatcher(Executor):
             if isinstance(exc, RetryAfter):
                 return exc.delay_s, None
             return -1.0, None  # the backoff delay is drawn under the lock, so the rng stays ordered
-        if retries_left <= 0:
-            reason = f"retries exhausted ({policy.max_retries} retries)"
+        if isinstance(exc, Permanent):
+            reason = "not retryable: raised Permanent"
+        elif not isinstance(exc, policy.retry_on):
+            reason = f"not retryable: {type(exc).__name__} is not in retry_on"
         else:
-            from engine.errors import Permanent
-
-            reason = (
-                "not retryable: raised Permanent" if isinstance(exc, Permanent)
-                else f"not retryable: {type(exc).__name__} is not in retry_on"
-            )
+            reason = f"retries exhausted ({policy.max_retries} retries)"
         return None, self._dead_letter_entry(job, exc, reason, wall)
 
     def _dead_letter_entry(self, job: JobHandle, exc: BaseException, reason: str, wall: float) -> DeadLetter:
@@ -1363,7 +1361,7 @@ class Dispatcher(Executor):
             while self._workers or not self._timer_done:
                 self._settled.wait(0.05)
             report = ShutdownReport(
-                forceful=forceful,
+                forceful=forceful or self._forced,
                 escalated=escalated,
                 completed=True,
                 cancelled=tuple(getattr(self, "_forced_cancelled", ())),

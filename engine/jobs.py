@@ -371,6 +371,11 @@ class TaskRegistry:
         Raises:
             ConfigError: a bad name, a non-callable, or a name already taken by another function.
         """
+        if isinstance(name, str) and "<locals>" in name:
+            raise ConfigError(
+                f"task {name!r} is defined inside a function, so it has no stable name; "
+                "register it with an explicit one: @tasks.task(\"my.task\")"
+            )
         if not isinstance(name, str) or not self._NAME.match(name):
             raise ConfigError(
                 f"task name must be 1-200 characters of letters, digits, '_', '.', ':' or '-', "

@@ -7,6 +7,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
+
+# Property tests explore a fixed, derived set of examples: the same on every run and in CI.
+settings.register_profile("repeatable", derandomize=True, deadline=None, print_blob=True)
+settings.load_profile("repeatable")
 
 THREAD_GRACE_S = 5.0
 

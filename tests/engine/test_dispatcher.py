@@ -525,3 +525,25 @@ def test_periodic_log_line(make_dispatcher, clock: FakeClock, caplog):
         eventually(lambda: any("successful=" in r.getMessage() for r in caplog.records))
     line = next(r.getMessage() for r in caplog.records if "successful=" in r.getMessage())
     assert "successful=1 failed=0 retries=0 total=1" in line and "backlog=0" in line
+
+
+def test_permanent_reason_wins_even_without_retries(make_dispatcher):
+    def bad() -> None:
+        raise Permanent("no")
+
+    d = make_dispatcher(retry=RetryPolicy(max_retries=0))
+    handle = d.submit(bad)
+    handle.exception(timeout=WAIT_S)
+    eventually(lambda: d.snapshot().dlq_size == 1)
+    assert d.dlq_get(handle.id).reason == "not retryable: raised Permanent"
+
+
+def test_a_nested_function_needs_an_explicit_task_name():
+    tasks = TaskRegistry()
+
+    def inner() -> None: ...
+
+    with pytest.raises(ConfigError, match=r"defined inside a function.*explicit one"):
+        tasks.task(inner)
+    tasks.task("inner")(inner)
+    assert "inner" in tasks
