@@ -625,11 +625,12 @@ class RedisWorker:
                 log.info("worker %s took back %d expired leases", self.worker_id, result.reclaimed)
             if result.missing:
                 log.warning("worker %s skipped %d ready ids with no job data", self.worker_id, result.missing)
-            for delivery in result.deliveries:
+            if result.deliveries:
                 try:
-                    self._accept(delivery)
-                except Exception:  # pragma: no cover - a bug; the lease will expire
-                    log.exception("worker %s could not start job %d", self.worker_id, delivery.job_id)
+                    self._accept(result.deliveries)
+                except Exception:  # pragma: no cover - a bug; the leases will expire
+                    log.exception("worker %s could not start %d fetched jobs", self.worker_id,
+                                  len(result.deliveries))
             if result.deliveries:
                 continue
             timeout = self._poll_s
@@ -647,49 +648,70 @@ class RedisWorker:
                     if not self._fetch_stop:
                         self._clock.wait(self._room, timeout)
 
-    def _accept(self, delivery: Delivery) -> None:
-        """Decode one fetched job and submit it locally, or dead-letter it if it cannot run."""
-        job: JobPayload | None = None
-        fn: Callable[..., Any] | None = None
-        problem: tuple[str, str, str] | None = None  # (exc_type, message, reason)
-        try:
-            job = decode_payload(delivery.payload)
-            fn = self.tasks.get(job.task)
-        except MalformedPayload as exc:
-            problem = ("engine.brokers.redis.MalformedPayload", str(exc), f"not runnable: {exc}")
-        except UnknownTask as exc:
-            problem = ("engine.errors.UnknownTask", str(exc),
-                       f"not runnable: unknown task {job.task if job else '?'!r} in worker {self.worker_id}")
-        d = _Delivery(delivery, job, fn)
-        with self._lock:
-            self._leased[d.token] = d
-            self._held += 1
-        if problem is not None:
-            exc_type, message, reason = problem
+    def _accept(self, deliveries: list[Delivery]) -> None:
+        """Decode fetched jobs and submit them locally (a batch per run of equal options), or
+        dead-letter those that cannot run."""
+        runnable: list[_Delivery] = []
+        rejected: list[tuple[_Delivery, Outcome]] = []
+        now = self._clock.time()
+        for delivery in deliveries:
+            job: JobPayload | None = None
+            try:
+                job = decode_payload(delivery.payload)
+                d = _Delivery(delivery, job, self.tasks.get(job.task))
+                runnable.append(d)
+                continue
+            except MalformedPayload as exc:
+                exc_type, message, reason = "engine.brokers.redis.MalformedPayload", str(exc), f"not runnable: {exc}"
+            except UnknownTask as exc:
+                exc_type, message = "engine.errors.UnknownTask", str(exc)
+                reason = f"not runnable: unknown task {job.task if job else '?'!r} in worker {self.worker_id}"
+            d = _Delivery(delivery, job, None)
             log.warning("worker %s dead-letters job %d: %s", self.worker_id, d.job_id, reason)
             entry = dead_letter_entry(exc_type=exc_type, exc_message=message, traceback="",
-                                      attempts=d.attempt, reason=reason, last_failure_at=self._clock.time())
-            self._settle(d, Outcome.dead(d.job_id, d.token, entry=entry))
-            return
-        assert job is not None
+                                      attempts=d.attempt, reason=reason, last_failure_at=now)
+            rejected.append((d, Outcome.dead(d.job_id, d.token, entry=entry)))
+        with self._lock:
+            for d in runnable:
+                self._leased[d.token] = d
+            for d, _ in rejected:
+                self._leased[d.token] = d
+            self._held += len(runnable) + len(rejected)
+        for d, outcome in rejected:
+            self._settle(d, outcome)
+        start = 0
+        while start < len(runnable):  # consecutive jobs with the same name and timeout: one batch
+            head = runnable[start].job
+            assert head is not None
+            end = start + 1
+            while end < len(runnable) and (runnable[end].job.name, runnable[end].job.timeout_s) == (  # type: ignore[union-attr]
+                    head.name, head.timeout_s):
+                end += 1
+            self._submit_local(runnable[start:end], head.name, head.timeout_s)
+            start = end
+
+    def _submit_local(self, group: list[_Delivery], name: str, timeout_s: float | None) -> None:
         try:
-            handle = self._local.submit_job(self._run, args=(d,), name=job.name, timeout_s=job.timeout_s)
-        except DispatcherClosed:  # a forceful stop raced with this fetch: give it back untouched
+            handles = self._local.submit_many(self._run, [(d,) for d in group], name=name, timeout_s=timeout_s)
+        except DispatcherClosed:  # a forceful stop raced with this fetch: give them back untouched
             with self._lock:
-                d.settled = True
-                self._held -= 1
-                self._forget_locked(d)
+                for d in group:
+                    d.settled = True
+                    self._held -= 1
+                    self._forget_locked(d)
             try:
-                self.queue.put_back([(d.job_id, d.token)])
+                self.queue.put_back([(d.job_id, d.token) for d in group])
             except BrokerUnavailable:
-                pass  # its lease expires
+                pass  # their leases expire
             return
         with self._lock:
-            d.handle = handle
-            if not d.settled:
-                self._by_local[handle.id] = d
-        if job.timeout_s is not None:  # only a local timeout ends an attempt without _run seeing it
-            handle.add_done_callback(functools.partial(self._on_done, d))
+            for d, handle in zip(group, handles, strict=True):
+                d.handle = handle
+                if not d.settled:
+                    self._by_local[handle.id] = d
+        if timeout_s is not None:  # only a local timeout ends an attempt without _run seeing it
+            for d, handle in zip(group, handles, strict=True):
+                handle.add_done_callback(functools.partial(self._on_done, d))
 
     # ==========================================================================================
     # Running (worker threads of the local dispatcher)

@@ -276,7 +276,7 @@ class Outcome:
         """The job failed for good; ``entry`` comes from :func:`dead_letter_entry`."""
         return cls("dead", job_id, token, run_s, wait_s, entry=entry, timed_out=timed_out)
 
-    def _argv(self) -> tuple[str, ...]:
+    def _fields(self) -> tuple[str, ...]:
         x1 = repr(self.due_at) if self.kind == "retry" else self.entry
         return (self.kind, str(self.job_id), self.token, repr(self.run_s), repr(self.wait_s),
                 x1, str(self.retry_no), "1" if self.timed_out else "0")
@@ -576,14 +576,11 @@ class RedisQueue:
             BrokerUnavailable: Redis cannot be reached.
         """
         now = self._now()
-        reply = self._run("fetch", (repr(now), int(count), repr(now + lease_s), worker_id,
-                                    self.dlq_max or 0, _SCAN))
-        deliveries = [
-            Delivery(int(reply[i]), str(reply[i + 1]), int(reply[i + 2]), str(reply[i + 3]), float(reply[i + 4]))
-            for i in range(6, len(reply), 5)
-        ]
+        reply = json.loads(self._run("fetch", (repr(now), int(count), repr(now + lease_s), worker_id,
+                                               self.dlq_max or 0, _SCAN)))
+        jobs = reply[6] if isinstance(reply[6], list) else []  # Lua's cjson writes [] as {}
         return FetchResult(
-            deliveries=deliveries,
+            deliveries=[Delivery(int(i), t, a, p, float(e)) for i, t, a, p, e in jobs],
             next_retry_at=float(reply[0]) if reply[0] != "" else None,
             next_lease_deadline=float(reply[1]) if reply[1] != "" else None,
             promoted=int(reply[2]),
@@ -643,10 +640,8 @@ class RedisQueue:
         """
         if not outcomes:
             return SettleResult(0, 0)
-        argv: list[str] = [repr(self._now()), str(self.dlq_max or 0)]
-        for outcome in outcomes:
-            argv.extend(outcome._argv())
-        accepted, stale = self._run("settle", argv)
+        batch = json.dumps([outcome._fields() for outcome in outcomes], separators=(",", ":"))
+        accepted, stale = self._run("settle", (repr(self._now()), str(self.dlq_max or 0), batch))
         return SettleResult(int(accepted), int(stale))
 
     def extend(self, leases: Iterable[tuple[int, str]], *, lease_s: float) -> list[int]:

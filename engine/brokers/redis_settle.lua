@@ -1,5 +1,6 @@
--- Record the outcomes of a batch of attempts. ARGV: base, now, dlq_max, then 8 fields per
--- outcome: kind ('ok' | 'retry' | 'dead'), id, lease token, run_s, wait_s, x1, x2, timed_out.
+-- Record the outcomes of a batch of attempts. ARGV: base, now, dlq_max, then one JSON text: a
+-- list of outcomes, each a list of 8 strings: kind ('ok' | 'retry' | 'dead'), id, lease token,
+-- run_s, wait_s, x1, x2, timed_out ('1' or '0').
 --   ok:    the job succeeded and is deleted.
 --   retry: x1 = due time, x2 = the attempt that failed (the retry number); into scheduled.
 --   dead:  x1 = the DLQ entry (JSON); into the DLQ.
@@ -10,15 +11,15 @@ local now, dlq_max = ARGV[2], tonumber(ARGV[3])
 local accepted, stale = 0, 0
 local n_ok, n_failed, n_retry, n_timeout = 0, 0, 0, 0
 local runs, waits = {}, {}
-for i = 4, #ARGV, 8 do
-  local kind, id, tok = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+for _, o in ipairs(cjson.decode(ARGV[4])) do
+  local kind, id, tok = o[1], o[2], o[3]
   local k = jkey(id)
   if redis.call('HGET', k, 'l') == tok then
     accepted = accepted + 1
     redis.call('ZREM', PROC, id)
-    runs[#runs + 1] = ARGV[i + 3]
-    waits[#waits + 1] = ARGV[i + 4]
-    if ARGV[i + 7] == '1' then
+    runs[#runs + 1] = o[4]
+    waits[#waits + 1] = o[5]
+    if o[8] == '1' then
       n_timeout = n_timeout + 1
     end
     if kind == 'ok' then
@@ -30,11 +31,11 @@ for i = 4, #ARGV, 8 do
       if kind == 'retry' then
         redis.call('HSETNX', k, 'f', now)
         redis.call('HSET', k, 'x', now)
-        redis.call('ZADD', SCHED, ARGV[i + 5], id)
-        redis.call('HINCRBY', STATS, 'retry:' .. ARGV[i + 6], 1)
+        redis.call('ZADD', SCHED, o[6], id)
+        redis.call('HINCRBY', STATS, 'retry:' .. o[7], 1)
         n_retry = n_retry + 1
       else
-        dead_letter(id, ARGV[i + 5], now, dlq_max)
+        dead_letter(id, o[6], now, dlq_max)
       end
     end
   else
