@@ -269,6 +269,7 @@ class Dispatcher(Executor):
         self._stopped = False  # (lock) workers told to exit
         self._report: ShutdownReport | None = None  # (lock)
         self._forced_cancelled: list[tuple[int, str]] = []  # (lock) jobs a forceful shutdown cancelled
+        self._forced_abandoned: list[tuple[int, str]] = []  # (lock) running jobs it gave up on
         self._deferred_logs: list[tuple[int, str, tuple[Any, ...]]] = []  # (lock) to emit once unlocked
         self._c_submitted = self._c_succeeded = self._c_failed = self._c_retries = 0  # (lock)
         self._c_dead = self._c_cancelled = self._c_timed_out = self._c_requeued = 0  # (lock)
@@ -1280,21 +1281,28 @@ class Dispatcher(Executor):
                 )
         return self._finish_shutdown(cancel_futures, timeout_s, started)
 
-    _forced_cancelled: list[tuple[int, str]]
-
     def _force_locked(self) -> list[JobHandle]:
-        """Cancel everything queued and scheduled; tell running jobs to stop. Lock held."""
-        if not self._forced:
-            self._forced = True
-            self._forced_cancelled = []
+        """Cancel everything that has not started; tell running jobs to stop. Lock held.
+
+        Returns:
+            The cancelled jobs, whose futures the caller completes once the lock is released.
+        """
+        self._forced = True
         jobs = self._broker.drain()
+        for worker in self._workers.values():
+            job = worker.job
+            if job is None:
+                continue
+            if worker.busy_since is None:  # handed over, not started: cancel it like a queued job
+                worker.job = None
+                self._in_flight -= 1
+                jobs.append(job)
+            else:
+                job._cancel_token("forceful shutdown")
         for job in jobs:
             job._job_state = JobState.CANCELLED
             self._forced_cancelled.append((job.id, job.name))
         self._c_cancelled += len(jobs)
-        for worker in self._workers.values():
-            if worker.job is not None:
-                worker.job._cancel_token("forceful shutdown")
         self._settled.notify_all()
         return jobs
 
@@ -1328,22 +1336,15 @@ class Dispatcher(Executor):
                 while self._in_flight > 0 and self._now() < deadline:
                     self._clock.wait(self._settled, deadline - self._now())
                 self._stopped = True  # from here on, nothing replaces an abandoned worker
+                cancelled_late = self._force_locked()  # anything handed over since, not yet started
                 for worker in list(self._workers.values()):
-                    taken = worker.job
-                    if taken is None:
-                        continue
-                    job = taken
-                    if worker.busy_since is None:  # handed over but never started: just cancel it
-                        worker.job = None
-                        self._in_flight -= 1
-                        job._job_state = JobState.CANCELLED
-                        self._c_cancelled += 1
-                        self._forced_cancelled.append((job.id, job.name))
-                        cancelled_late.append(job)
+                    job = worker.job
+                    if job is None:
                         continue
                     self._abandon_worker_locked(worker, [])
                     job._job_state = JobState.CANCELLED
                     self._c_cancelled += 1
+                    self._forced_abandoned.append((job.id, job.name))
                     abandoned.append(job)
             self._stopped = True
             for worker in self._workers.values():
@@ -1364,8 +1365,8 @@ class Dispatcher(Executor):
                 forceful=forceful or self._forced,
                 escalated=escalated,
                 completed=True,
-                cancelled=tuple(getattr(self, "_forced_cancelled", ())),
-                abandoned=tuple((job.id, job.name) for job in abandoned),
+                cancelled=tuple(self._forced_cancelled),
+                abandoned=tuple(self._forced_abandoned),
                 duration_s=self._now() - started,
             )
             if self._report is None or not self._report.completed:
