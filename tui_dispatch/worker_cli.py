@@ -156,7 +156,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
         The exit status (see the module docstring).
     """
     parser = build_parser(prog)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         tasks = load_tasks(args.tasks)
         retry = RetryPolicy(base_s=args.retry_base_s, factor=args.retry_factor, cap_s=args.retry_cap_s,
