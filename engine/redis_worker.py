@@ -162,7 +162,7 @@ class StopReport:
 class _Delivery:
     """One leased job inside this process. Fields guarded by the worker's lock."""
 
-    __slots__ = ("job_id", "token", "attempt", "enqueued_at", "job", "fn", "handle", "settled")
+    __slots__ = ("job_id", "token", "attempt", "enqueued_at", "job", "fn", "handle", "settled", "started")
 
     def __init__(self, delivery: Delivery, job: JobPayload | None, fn: Callable[..., Any] | None) -> None:
         self.job_id = delivery.job_id
@@ -173,6 +173,7 @@ class _Delivery:
         self.fn = fn
         self.handle: JobHandle | None = None
         self.settled = False  # an outcome has been decided (maybe not yet flushed)
+        self.started = False  # _run has begun (set once, by the running thread)
 
 
 class RedisWorker:
@@ -725,6 +726,7 @@ class RedisWorker:
         start_wall = self._clock.time()
         start = self._clock.monotonic()
         wait_s = max(0.0, start_wall - d.enqueued_at)
+        d.started = True
         _current.job = RedisJob(d.job_id, d.attempt, d.job.max_retries, d.job.name, d.job.task)
         try:
             d.fn(*d.job.args, **d.job.kwargs)
@@ -865,9 +867,10 @@ class RedisWorker:
     def _beat(self) -> None:
         with self._lock:
             leases = [(d.job_id, d.token) for d in self._leased.values()]
+            started = {d.token for d in self._leased.values() if d.started}
         fields = self._heartbeat_fields()
         try:
-            lost = self.queue.extend(leases, lease_s=self._lease_s) if leases else []
+            lost = self.queue.extend(leases, lease_s=self._lease_s, started=started) if leases else []
             control = self.queue.heartbeat(self.worker_id, fields, ttl_s=self._heartbeat_ttl_s)
         except BrokerUnavailable as exc:
             self._note_down(exc)

@@ -198,14 +198,13 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
                     signals.second.set()
                 signals.first.set()
         reports: list[StopReport] = []
+        graceful = not signals.second.is_set()
         stopper = threading.Thread(
-            target=lambda: reports.append(worker.stop(graceful=not signals.second.is_set())),
-            name="worker-stop", daemon=True,
+            target=lambda: reports.append(worker.stop(graceful=graceful)), name="worker-stop", daemon=True,
         )
-        log.info("stopping gracefully (again to stop forcefully)" if not signals.second.is_set()
-                 else "stopping forcefully")
+        log.info("stopping gracefully (again to stop forcefully)" if graceful else "stopping forcefully")
         stopper.start()
-        escalated = signals.second.is_set()
+        escalated = not graceful
         while stopper.is_alive():
             stopper.join(0.2)
             if not escalated and (signals.second.is_set() or worker.wait_stop_requested(0) == "forceful"):

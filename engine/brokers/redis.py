@@ -25,8 +25,9 @@ Jobs are registered task names with JSON arguments, never pickles: whoever can w
 can make a worker run a registered task, nothing else.
 
 Delivery is at least once: a job whose lease ends without an outcome (its worker died) goes back
-to the queue, and that lost attempt counts against the job's retries (a job that keeps killing
-its worker ends in the DLQ instead of looping). An outcome reported under a lease that has
+to the queue. If a heartbeat had reported it running, that lost attempt counts against the
+job's retries (a job that keeps killing its worker ends in the DLQ instead of looping); if not,
+it was most likely only prefetched and goes back without spending an attempt (at most 3 times). An outcome reported under a lease that has
 since ended is ignored, so each job is counted as succeeded or dead-lettered exactly once.
 """
 
@@ -37,7 +38,7 @@ import math
 import re
 import reprlib
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
@@ -644,8 +645,17 @@ class RedisQueue:
         accepted, stale = self._run("settle", (repr(self._now()), str(self.dlq_max or 0), batch))
         return SettleResult(int(accepted), int(stale))
 
-    def extend(self, leases: Iterable[tuple[int, str]], *, lease_s: float) -> list[int]:
+    def extend(
+        self, leases: Iterable[tuple[int, str]], *, lease_s: float, started: Collection[str] = ()
+    ) -> list[int]:
         """Renew leases for another ``lease_s`` seconds (the heartbeat). Thread-safe.
+
+        Args:
+            leases: ``(job_id, token)`` pairs.
+            lease_s: the new lease length.
+            started: tokens of jobs that have started running. A lease that expires before its
+                job was reported started does not cost an attempt (the job was most likely only
+                prefetched), at most 3 times per job.
 
         Returns:
             The ids whose lease the caller no longer holds (it expired and was taken back).
@@ -655,7 +665,7 @@ class RedisQueue:
         """
         argv: list[Any] = [repr(self._now() + lease_s)]
         for job_id, token in leases:
-            argv.extend((job_id, token))
+            argv.extend((job_id, token, "1" if token in started else "0"))
         if len(argv) == 1:
             return []
         return [int(job_id) for job_id in self._run("extend", argv)]

@@ -1,11 +1,16 @@
--- Heartbeat: push the lease deadline of jobs a worker still holds. ARGV: base, deadline,
--- then id, token pairs. Returns the ids whose lease this worker no longer holds.
+-- Heartbeat: push the lease deadline of jobs a worker still holds, and note which of them have
+-- started running (field r, see lease_lost). ARGV: base, deadline, then id, token, started
+-- ('1' or '0') triples. Returns the ids whose lease this worker no longer holds.
 local deadline = ARGV[2]
 local lost = {}
-for i = 3, #ARGV, 2 do
+for i = 3, #ARGV, 3 do
   local id, tok = ARGV[i], ARGV[i + 1]
-  if redis.call('HGET', jkey(id), 'l') == tok then
+  local k = jkey(id)
+  if redis.call('HGET', k, 'l') == tok then
     redis.call('ZADD', PROC, 'XX', deadline, id)
+    if ARGV[i + 2] == '1' then
+      redis.call('HSET', k, 'r', '1')
+    end
   else
     lost[#lost + 1] = id
   end

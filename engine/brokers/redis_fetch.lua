@@ -23,7 +23,7 @@ end
 local reclaimed = 0
 local expired = redis.call('ZRANGEBYSCORE', PROC, '-inf', now, 'LIMIT', 0, scan)
 for _, id in ipairs(expired) do
-  lease_lost(id, now, dlq_max, 'lost its lease (no heartbeat before the deadline)')
+  lease_lost(id, now, dlq_max, 'lost its lease (no heartbeat before the deadline)', false)
   reclaimed = reclaimed + 1
 end
 

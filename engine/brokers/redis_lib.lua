@@ -6,7 +6,8 @@
 -- queue's keys in one hash slot). Per job there is one hash, <base>job:<id>, with fields
 --   p  the payload (JSON text written by the producer; never decoded here except best-effort)
 --   a  attempts started          e  when it last became ready (wall-clock seconds)
---   l  lease token while leased   w  the leasing worker
+--   l  lease token while leased   w  the leasing worker         r  "1" once reported running
+--   k  leases lost before the job was reported running
 --   f  first failure time         x  last failure time          d  DLQ entry (JSON)
 -- Times are wall-clock seconds passed in by the caller's clock, never read here.
 
@@ -70,18 +71,32 @@ local function dead_letter(id, entry, now, dlq_max)
   end
 end
 
--- An attempt whose lease ended without an outcome (its worker died, hung, lost Redis, or
--- gave up on it): it counts as a failed attempt. With retries left the job goes straight back
--- to the front of the ready list; otherwise it is dead-lettered. Returns 1 (requeued),
--- 2 (dead-lettered) or 0 (no job data: nothing to do).
-local function lease_lost(id, now, dlq_max, why)
+-- The most times a job may lose its lease before a heartbeat reported it started, without
+-- that costing an attempt. Beyond it, a job that kills its worker at once still ends in the DLQ.
+local UNSTARTED_LOSSES = 3
+
+-- A lease that ended without an outcome (its worker died, hung, lost Redis, or gave up on it).
+-- If no heartbeat reported the job started (field r), it was most likely only prefetched: it
+-- goes back to the front of ready without spending the attempt, at most UNSTARTED_LOSSES times
+-- (field k). Otherwise it counts as a failed attempt: with retries left the job goes straight
+-- back to the front of ready, else it is dead-lettered. started = true forces the latter.
+-- Returns 1 (requeued as a retry), 2 (dead-lettered), 3 (requeued, attempt not spent) or 0 (no
+-- job data: nothing to do).
+local function lease_lost(id, now, dlq_max, why, started)
   local k = jkey(id)
   redis.call('ZREM', PROC, id)
-  local owner = redis.call('HGET', k, 'w') or '?'
-  redis.call('HDEL', k, 'l', 'w')
-  local p = redis.call('HGET', k, 'p')
+  local v = redis.call('HMGET', k, 'w', 'r', 'k', 'p')
+  local owner, p = v[1] or '?', v[4]
+  redis.call('HDEL', k, 'l', 'w', 'r')
   if not p then
     return 0
+  end
+  if not started and v[2] ~= '1' and (tonumber(v[3]) or 0) < UNSTARTED_LOSSES then
+    redis.call('HINCRBY', k, 'k', 1)
+    redis.call('HINCRBY', k, 'a', -1)
+    redis.call('LPUSH', READY, id)
+    wake(1)
+    return 3
   end
   local attempts = tonumber(redis.call('HGET', k, 'a') or '0') or 0
   local max_retries = tonumber(payload_field(p, 'max_retries')) or 0

@@ -12,11 +12,11 @@ for i = 5, #ARGV, 2 do
   if redis.call('HGET', k, 'l') == tok then
     if mode == 'unstarted' then
       redis.call('ZREM', PROC, id)
-      redis.call('HDEL', k, 'l', 'w')
+      redis.call('HDEL', k, 'l', 'w', 'r')
       redis.call('HINCRBY', k, 'a', -1)
       back[#back + 1] = id
     else
-      lease_lost(id, now, dlq_max, 'was abandoned by a forceful worker stop')
+      lease_lost(id, now, dlq_max, 'was abandoned by a forceful worker stop', true)
       back[#back + 1] = id
     end
   end

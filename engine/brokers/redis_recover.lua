@@ -13,7 +13,7 @@ for _, id in ipairs(redis.call('ZRANGE', PROC, 0, -1)) do
   local v = redis.call('HMGET', k, 'w', 'l')
   if v[1] == wid and not known[v[2]] then
     redis.call('ZREM', PROC, id)
-    redis.call('HDEL', k, 'l', 'w')
+    redis.call('HDEL', k, 'l', 'w', 'r')
     redis.call('HINCRBY', k, 'a', -1)
     back[#back + 1] = id
   end

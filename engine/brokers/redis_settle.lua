@@ -26,7 +26,7 @@ for _, o in ipairs(cjson.decode(ARGV[4])) do
       redis.call('DEL', k)
       n_ok = n_ok + 1
     else
-      redis.call('HDEL', k, 'l', 'w')
+      redis.call('HDEL', k, 'l', 'w', 'r')
       n_failed = n_failed + 1
       if kind == 'retry' then
         redis.call('HSETNX', k, 'f', now)

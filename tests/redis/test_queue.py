@@ -266,6 +266,7 @@ def test_dlq_cap_evicts_the_oldest(redis_url: str, prefix: str, clock: FakeClock
 def test_expired_lease_is_reclaimed_and_the_late_outcome_ignored(queue: RedisQueue, clock: FakeClock) -> None:
     queue.submit("t")
     first = queue.fetch("w1", 1, lease_s=10).deliveries[0]
+    assert queue.extend([(first.job_id, first.token)], lease_s=10, started={first.token}) == []
     clock.advance(9.999)
     assert queue.fetch("w2", 1, lease_s=10).deliveries == []
     clock.advance(0.001)
@@ -282,6 +283,24 @@ def test_expired_lease_is_reclaimed_and_the_late_outcome_ignored(queue: RedisQue
     check_consistent(queue)
 
 
+def test_a_lost_lease_of_a_job_never_reported_running_costs_no_attempt_up_to_3_times(
+    queue: RedisQueue, clock: FakeClock
+) -> None:
+    queue.submit_job("t", max_retries=0)
+    for _ in range(4):
+        [d] = queue.fetch("w1", 1, lease_s=5).deliveries  # also takes back the previous lease
+        assert d.attempt == 1
+        queue.extend([(d.job_id, d.token)], lease_s=5)  # renewed, but never reported started
+        clock.advance(5)
+        assert "failed" not in queue.counters()
+    assert queue.fetch("w1", 1, lease_s=5).deliveries == []
+    # Three unstarted losses were free; the fourth counts, and with no retries left it is dead.
+    assert queue.counters().get("failed") == 1
+    [dead] = queue.dlq_list()
+    assert dead.attempts == 1 and "lost its lease" in dead.reason
+    check_consistent(queue)
+
+
 def test_heartbeat_extends_the_lease(queue: RedisQueue, clock: FakeClock) -> None:
     queue.submit_many("t", [(1,), (2,)])
     ds = queue.fetch("w1", 2, lease_s=10).deliveries
@@ -295,7 +314,8 @@ def test_heartbeat_extends_the_lease(queue: RedisQueue, clock: FakeClock) -> Non
 
 def test_lost_lease_without_retries_left_is_dead_lettered(queue: RedisQueue, clock: FakeClock) -> None:
     queue.submit_job("t", max_retries=0)
-    queue.fetch("w1", 1, lease_s=5)
+    d = queue.fetch("w1", 1, lease_s=5).deliveries[0]
+    queue.extend([(d.job_id, d.token)], lease_s=5, started={d.token})
     clock.advance(5)
     assert queue.fetch("w2", 1, lease_s=5).deliveries == []
     [dead] = queue.dlq_list()
