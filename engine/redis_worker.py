@@ -437,12 +437,21 @@ class RedisWorker:
         remaining = None if timeout_s is None else max(0.0, timeout_s - (self._clock.monotonic() - started))
         self._local.shutdown(wait=True, cancel_futures=forced, timeout_s=remaining)
         with self._lock:
-            abandoned = [d for d in self._leased.values() if not d.settled]
-            for d in abandoned:
+            left = [d for d in self._leased.values() if not d.settled]
+            for d in left:
                 d.settled = True
                 self._held -= 1
                 self._forget_locked(d)
+            # A forceful shutdown also cancels jobs handed to a thread that never started them.
+            abandoned = [d for d in left if d.started]
+            never_ran = [d for d in left if not d.started]
             forced = forced or self._forced or bool(abandoned)
+        if never_ran:
+            self._redis_with_retry(
+                "put back jobs that never ran",
+                lambda: self.queue.put_back([(d.job_id, d.token) for d in never_ran]),
+            )
+            unstarted.extend(never_ran)
         if abandoned:
             self._redis_with_retry(
                 "hand back abandoned jobs",
