@@ -1338,9 +1338,10 @@ class Dispatcher(Executor):
                 self._stopped = True  # from here on, nothing replaces an abandoned worker
                 cancelled_late = self._force_locked()  # anything handed over since, not yet started
                 for worker in list(self._workers.values()):
-                    job = worker.job
-                    if job is None:
+                    running = worker.job
+                    if running is None:
                         continue
+                    job = running
                     self._abandon_worker_locked(worker, [])
                     job._job_state = JobState.CANCELLED
                     self._c_cancelled += 1
