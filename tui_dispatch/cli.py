@@ -5,6 +5,8 @@ Usage::
     tui-dispatch [SETTINGS]                      the live dashboard on the in-memory engine
     tui-dispatch --headless [--json] [SETTINGS]  no screen: run --jobs-count jobs, print a summary
     tui-dispatch config [SETTINGS]               print the settings in effect, as a TOML file
+    tui-dispatch --redis URL [SETTINGS]          the dashboard watching a Redis fleet
+    tui-dispatch worker --redis URL [...]        a worker process of that fleet (see worker --help)
 
 ``SETTINGS`` are ``--config FILE.toml`` and the flags listed by ``tui-dispatch --help`` (one per
 entry of :data:`tui_dispatch.config.OPTIONS`); flags override the file, the file overrides the
@@ -50,6 +52,7 @@ EXIT_USAGE = 2
 _EPILOG = """\
 commands:
   config          print the settings in effect as a TOML file (a starting point for --config)
+  worker          run a worker process that takes jobs from a Redis queue (worker --help)
 
 exit status:
   0    every job succeeded, was dead-lettered or was cancelled, and the counters add up
@@ -111,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--headless", action="store_true",
                       help="no screen: run --jobs-count jobs, show progress, print a summary")
     mode.add_argument("--json", action="store_true", help="with --headless: print the summary as JSON")
+    mode.add_argument("--redis", metavar="URL",
+                      help="watch a Redis fleet instead of the in-memory engine "
+                           "(redis://[user:password@]host:port/db, rediss:// for TLS)")
+    mode.add_argument("--queue", default="default", help="with --redis: the queue name (default: default)")
+    mode.add_argument("--prefix", default="tui-dispatch",
+                      help="with --redis: the key prefix (default: tui-dispatch)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.add_parser(
         "config", parents=[parent], allow_abbrev=False,
@@ -129,7 +138,7 @@ def _version() -> str:
         return "unknown"
 
 
-_MODE_FLAGS = ("--help", "-h", "--version", "--headless", "--json", "--config")
+_MODE_FLAGS = ("--help", "-h", "--version", "--headless", "--json", "--config", "--redis", "--queue", "--prefix")
 
 
 def _unknown_flag(argv: Sequence[str]) -> str | None:
@@ -181,6 +190,12 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.json and not args.headless:
         return _usage_error("--json only applies with --headless")
+    if args.redis:
+        if args.headless:
+            return _usage_error("--headless runs the in-memory engine; for a Redis fleet run 'tui-dispatch worker'")
+        return _run_fleet_dashboard(args, settings.with_seed())
+    if args.queue != "default" or args.prefix != "tui-dispatch":
+        return _usage_error("--queue and --prefix only apply with --redis")
     settings = settings.with_seed()
     engine_rng, workload_rng = _seeded_rngs(settings)
     workload = make_workload(settings, workload_rng)
@@ -226,6 +241,34 @@ def _run_dashboard(settings: Settings, workload: Workload, engine_rng: random.Ra
     return int(app.return_code or 0)
 
 
+def _run_fleet_dashboard(args: argparse.Namespace, settings: Settings) -> int:
+    """The dashboard watching every worker process of a Redis queue."""
+    from tui_dispatch.app import make_app
+    from tui_dispatch.fleet_source import make_fleet_source
+
+    source = make_fleet_source(args.redis, queue=args.queue, prefix=args.prefix, seed=settings.seed)
+    quiet = logging.NullHandler()
+    loggers = [logging.getLogger(name) for name in ("engine", "tui_dispatch")]
+    for logger in loggers:
+        logger.addHandler(quiet)
+        logger.propagate = False
+    try:
+        app = make_app(
+            source,
+            refresh_s=settings.refresh_s,
+            small_burst=settings.small_burst,
+            large_burst=settings.large_burst,
+            failing_burst=settings.failing_burst,
+        )
+        app.run()
+    finally:
+        source.close()
+        for logger in loggers:
+            logger.removeHandler(quiet)
+            logger.propagate = True
+    return int(app.return_code or 0)
+
+
 _COMMANDS: dict[str | None, Callable[[argparse.Namespace, Settings], int]] = {
     None: _cmd_run,
     "config": _cmd_config,
@@ -240,8 +283,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from engine.errors import ConfigError
     from tui_dispatch.workload import WorkloadError
 
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "worker":  # a worker process has its own flags
+        from tui_dispatch.worker_cli import main as worker_main
+
+        return worker_main(argv[1:], prog=f"{PROG} worker")
+    parser = build_parser()
     unknown = _unknown_flag(argv)
     if unknown:
         return _usage_error(unknown)
