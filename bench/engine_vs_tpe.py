@@ -57,6 +57,7 @@ from bench._util import (
     markdown_table,
     rss_kib,
     run_child,
+    run_child_undisturbed,
     write_json,
 )
 
@@ -540,18 +541,26 @@ def _value(workload: Workload, run: dict[str, Any]) -> float:
 
 
 def run_workload(workload: Workload, reps: int, *, log: Callable[[str], None],
-                 baselines_only: bool = False) -> None:
-    """Measure every side ``reps`` times, each run in a fresh subprocess, alternating the order."""
+                 baselines_only: bool = False, max_others: float | None = 0.10) -> None:
+    """Measure every side ``reps`` times, each run in a fresh subprocess, alternating the order.
+
+    With ``max_others`` set, a run during which other processes used more than that share of
+    the CPUs is repeated (up to 3 runs; the least disturbed is kept).
+    """
     sides = tuple(s for s in workload.sides if not baselines_only or not s.engine)
     for side in sides:
         workload.runs[side.label] = []
     for rep in range(reps):
         order = sides if rep % 2 == 0 else tuple(reversed(sides))
         for side in order:
-            result = run_child(MODULE, side.function, side.kwargs)
+            if max_others is None:
+                result = run_child(MODULE, side.function, side.kwargs)
+            else:
+                result = run_child_undisturbed(MODULE, side.function, side.kwargs, max_others=max_others)
             workload.runs[side.label].append(result)
             unit = "B/job" if workload.kind == "memory" else "jobs/s"
-            log(f"{workload.key} rep {rep + 1}/{reps} {side.label}: {_value(workload, result):,.1f} {unit}")
+            log(f"{workload.key} rep {rep + 1}/{reps} {side.label}: {_value(workload, result):,.1f} {unit}"
+                f" (others used {result['others_cpu']:.0%} of the CPUs; try {result.get('tries', 1)})")
 
 
 def summarise(workload: Workload) -> dict[str, Any]:
@@ -568,6 +577,8 @@ def summarise(workload: Workload) -> dict[str, Any]:
             "values": values,
             "value": Summary.of(values).to_dict(),
             "peak_rss_kib": Summary.of([r["peak_rss_kib"] for r in runs]).to_dict(),
+            "others_cpu": Summary.of([r.get("others_cpu", 0.0) for r in runs]).to_dict(),
+            "tries": sum(r.get("tries", 1) for r in runs),
         }
         if workload.kind == "memory":
             entry["submit_s"] = Summary.of([r["submit_s"] for r in runs]).to_dict()
@@ -649,6 +660,11 @@ def render(results: dict[str, Any]) -> str:
     lines.append("Ratios compare sides that wait for their jobs the same way: wait() = "
                  "concurrent.futures.wait on all handles; native = engine join(), TPE "
                  "shutdown(wait=True) or a latch.")
+    others = [r.get("others_cpu", 0.0) for runs in results["raw"].values() for side in runs.values() for r in side]
+    tries = [r.get("tries", 1) for runs in results["raw"].values() for side in runs.values() for r in side]
+    if others:
+        lines.append(f"Other processes used {Summary.of(others).fmt('.1%')} of the CPUs during the kept runs "
+                     f"(median, range); {sum(tries) - len(tries)} disturbed runs were repeated.")
     m = results["machine"]
     lines.append(f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['python']}, {m['platform']}; "
                  f"load average {results['load_before'][0]:.2f} before, "
@@ -665,6 +681,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                            prog=f"python -m bench {MODULE}")
     parser.add_argument("--only", action="append", choices=["W1", "W2", "W3", "MEM"],
                         help="run only this workload (repeatable)")
+    parser.add_argument("--max-others", type=float, default=0.10, metavar="FRACTION",
+                        help="repeat a run (up to 3 tries) when other processes used more than this "
+                             "share of the CPUs during it; 1 turns the check off (default 0.10)")
     parser.add_argument("--baselines-only", action="store_true",
                         help="run only the ThreadPoolExecutor sides (checks the harness without the engine)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -679,7 +698,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"warning: load average {load_before[0]:.2f}: other processes will disturb the numbers")
     started = time.perf_counter()
     for workload in chosen:
-        run_workload(workload, reps, log=log, baselines_only=args.baselines_only)
+        run_workload(workload, reps, log=log, baselines_only=args.baselines_only,
+                     max_others=None if args.max_others >= 1 else args.max_others)
     results = {
         "module": MODULE,
         "command": " ".join(sys.orig_argv),
