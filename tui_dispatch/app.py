@@ -163,7 +163,7 @@ class DashboardApp(App[None]):
         self.bursts = {"small": small_burst, "large": large_burst, "failing": failing_burst}
         self.set_reactive(DashboardApp.refresh_s, float(refresh_s))
         self._timer: Timer | None = None
-        self._poll_worker: Worker[_Poll] | None = None
+        self._poll_worker: Worker[_Poll] | None = None  # the poll in flight, until handled
         self._poll_again = False
         self._dlq_generation = 0  # bumped whenever the DLQ page must be read again
         self._dlq_shown_generation = -1
@@ -207,8 +207,7 @@ class DashboardApp(App[None]):
     # ==========================================================================================
     def poll(self) -> None:
         """Read the source now, unless a poll is still running (then poll again right after)."""
-        worker = self._poll_worker
-        if worker is not None and worker.state in (WorkerState.PENDING, WorkerState.RUNNING):
+        if self._poll_worker is not None:  # in flight until its outcome has been handled
             self._poll_again = True
             return
         self._poll_again = False
@@ -223,10 +222,8 @@ class DashboardApp(App[None]):
 
     @property
     def polling(self) -> bool:
-        """Whether a poll is running, or asked for while one ran."""
-        worker = self._poll_worker
-        running = worker is not None and worker.state in (WorkerState.PENDING, WorkerState.RUNNING)
-        return running or self._poll_again
+        """Whether a poll is in flight, or asked for while one was."""
+        return self._poll_worker is not None or self._poll_again
 
     @work(thread=True, group="poll", exit_on_error=False)
     def _fetch(
@@ -249,8 +246,9 @@ class DashboardApp(App[None]):
                 self._poll_done(worker.result)
             elif event.state is WorkerState.ERROR:
                 self._poll_failed(worker.error)
-            else:
+            elif event.state is not WorkerState.CANCELLED:
                 return
+            self._poll_worker = None
             self.polls += 1
             if self._poll_again:
                 self.poll()

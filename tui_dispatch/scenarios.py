@@ -240,7 +240,7 @@ def _scale_ups(start_workers: int, target: int, t0: float) -> tuple[ScaleEvent, 
                 at=WALL_START + at,
                 delta=step,
                 workers_after=workers,
-                reason=f"backlog {step * 600} > {workers - step} workers × 4",
+                reason=f"backlog {step * 600} > {workers - step} workers x 4",
             )
         )
         at += 1.0
@@ -477,9 +477,9 @@ SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
         Scenario("idle", idle, description="idle engine, wide terminal"),
-        Scenario("idle-80x24", idle, SMALL, description="idle engine, 80×24"),
+        Scenario("idle-80x24", idle, SMALL, description="idle engine, 80x24"),
         Scenario("under-load", under_load, description="a large burst: busy and idle workers"),
-        Scenario("under-load-80x24", under_load, SMALL, description="under load, 80×24"),
+        Scenario("under-load-80x24", under_load, SMALL, description="under load, 80x24"),
         Scenario(
             "under-load-light",
             under_load,
@@ -489,7 +489,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("retries", retries_pending, description="retries pending"),
         Scenario("dlq", dlq_populated, keys=("tab",), description="DLQ populated, table focused"),
         Scenario(
-            "dlq-80x24", dlq_populated, SMALL, keys=("tab",), description="DLQ populated, 80×24"
+            "dlq-80x24", dlq_populated, SMALL, keys=("tab",), description="DLQ populated, 80x24"
         ),
         Scenario(
             "dlq-detail",
@@ -501,7 +501,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("stopped", stopped, description="engine stopped"),
         Scenario("help", idle, keys=("question_mark",), description="the ? help screen"),
         Scenario(
-            "help-80x24", idle, SMALL, keys=("question_mark",), description="help screen, 80×24"
+            "help-80x24", idle, SMALL, keys=("question_mark",), description="help screen, 80x24"
         ),
         Scenario("500-workers", big_pool, description="500 workers"),
     )

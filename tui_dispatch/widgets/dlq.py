@@ -89,9 +89,7 @@ class DlqPanel(Vertical):
     def _show_position(self) -> None:
         if self.total:
             last = self.page_offset + len(self.entries)
-            self.border_title = (
-                f"Dead letters {count(self.total)} · {count(self.page_offset + 1)}–{count(last)}"
-            )
+            self.border_title = f"Dead letters {count(self.total)} · {count(self.page_offset + 1)}\u2013{count(last)}"
             self.border_subtitle = "⏎ detail · r requeue · R all · d delete · X purge · \\[ ] page"
         else:
             self.border_title = "Dead letters"

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections import deque
 
 from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
 from textual.reactive import reactive
-from textual.widgets import RichLog
+from textual.widgets import Static
 
 from engine import EngineState, ScaleEvent, Snapshot, format_log_line
 from tui_dispatch.widgets._format import uptime
@@ -75,24 +77,41 @@ class LogFeed:
 _STYLE = {"metrics": "", "scale": "bold", "state": "bold italic"}
 
 
-class EventLog(RichLog):
-    """The log panel: a :class:`RichLog` fed by a :class:`LogFeed`, at most ``MAX_LINES`` long."""
+class EventLog(VerticalScroll):
+    """The log panel: the lines of a :class:`LogFeed`, at most ``MAX_LINES`` of them.
+
+    Lines are wrapped when they are drawn, not when they are written, so they re-wrap when the
+    panel changes size and the same lines always look the same. It follows the newest line
+    until the user scrolls up.
+    """
 
     snapshot: reactive[Snapshot | None] = reactive(None, init=False)
 
     def __init__(self, *, id: str | None = None) -> None:
-        super().__init__(
-            max_lines=MAX_LINES, wrap=True, highlight=False, markup=False, min_width=20, id=id
-        )
+        super().__init__(id=id)
         self.feed = LogFeed()
+        self._lines: deque[Text] = deque(maxlen=MAX_LINES)
+        self._body = Static("", id="log-body")
+
+    def compose(self) -> ComposeResult:
+        yield self._body
 
     def on_mount(self) -> None:
         self.border_title = "Log"
+        self.anchor()  # follow the newest line until the user scrolls up
+
+    @property
+    def lines(self) -> list[Text]:
+        """The lines kept, oldest first."""
+        return list(self._lines)
 
     def watch_snapshot(self, snap: Snapshot | None) -> None:
         if snap is None:
             return
-        for kind, line in self.feed.lines(snap):
+        new = self.feed.lines(snap)
+        if not new:
+            return
+        for kind, line in new:
             stamp, _, rest = line.partition(" ")
-            text = Text.assemble((stamp, "dim"), " ", (rest, _STYLE[kind]))
-            self.write(text)
+            self._lines.append(Text.assemble((stamp, "dim"), " ", (rest, _STYLE[kind])))
+        self._body.update(Text("\n").join(self._lines))

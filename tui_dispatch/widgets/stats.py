@@ -86,7 +86,7 @@ def latency_lines(snap: Snapshot) -> str:
         rows.append(
             f"{label:<5}"
             + "".join(
-                f"{duration(v):>8}" if lat.count else f"{'–':>8}"
+                f"{duration(v):>8}" if lat.count else f"{'-':>8}"
                 for v in (lat.p50, lat.p95, lat.p99)
             )
         )
