@@ -132,8 +132,8 @@ def test_queue_and_latency_text() -> None:
     assert now == "[b]12,345[/b] waiting · oldest [b]3.2s[/b]"
     assert more == "in flight [b]0[/b] · retry wait [b]7[/b] · DLQ [b]0[/b]"
     table = latency_lines(snap).splitlines()
-    assert table[1] == "run     2.1ms   8.7ms  19.3ms"
-    assert table[2] == "wait         -       -       -"
+    assert table[1] == "run  " + "   2.1ms" + "   8.7ms" + "  19.3ms"
+    assert table[2] == "wait " + "       -" * 3  # no samples yet
 
 
 def test_retry_text_escapes_names_and_counts_the_rest() -> None:
