@@ -282,3 +282,33 @@ def test_cancel_returning_true_means_cancelled(make_dispatcher, gate):
         release_callback.set()
         gate.open()
         stopper.join(WAIT_S)
+
+
+# -- user __repr__ under the dispatcher lock --------------------------------------------------
+@pytest.mark.xfail(strict=True, reason="engine bug: on a timeout the timer builds the DeadLetter (repr of "
+                   "the job's arguments) under the dispatcher lock; an argument whose repr reads the "
+                   "dispatcher (e.g. the Dispatcher itself) deadlocks the whole engine")
+def test_a_timed_out_jobs_argument_repr_may_read_the_dispatcher(make_dispatcher, clock, gate):
+    d = make_dispatcher(min_workers=1, max_workers=1)
+    probe: dict[str, bool] = {}
+    helpers: list[threading.Thread] = []
+
+    class Reporter:
+        """Like passing the Dispatcher itself, whose repr takes a snapshot, but bounded."""
+
+        def __repr__(self) -> str:
+            done = threading.Event()
+            helper = threading.Thread(target=lambda: (d.snapshot(), done.set()))
+            helper.start()
+            probe["in_time"] = done.wait(SHORT_S)
+            helpers.append(helper)  # joined by the test: it needs the lock this caller may hold
+            return "<Reporter>"
+
+    handle = d.submit_job(lambda _reporter: gate.job(), args=(Reporter(),), max_retries=0, timeout_s=1.0)
+    gate.wait_entered(1)
+    clock.advance(1.0)
+    assert isinstance(handle.exception(timeout=WAIT_S), JobTimeout)
+    for helper in helpers:
+        helper.join(WAIT_S)
+    assert d.dlq_get(handle.id).args_repr == "(<Reporter>)"
+    assert probe["in_time"], "the argument's __repr__ ran while the timer held the dispatcher lock"
