@@ -23,6 +23,19 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 
+# The Redis broker against RQ, Dramatiq, Celery, arq and Huey: the peers live in their own
+# virtualenv, bench/.peers (not project dependencies); `make bench` skips them without it.
+PEERS := bench/.peers
+.PHONY: bench-peers
+$(PEERS)/.installed: bench/peers/requirements.txt
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS)/bin/python -m pip install --quiet -r bench/peers/requirements.txt
+	touch $@
+
+bench-peers: $(STAMP) $(PEERS)/.installed
+	$(PY) -m bench redis_peers
+
 screenshots: $(STAMP)
 	$(PY) -m tui_dispatch.screenshots screenshots
 
