@@ -626,6 +626,7 @@ class RedisWorker:
                 continue
             except Exception:  # a bug must not kill the fetcher; back off and try again
                 failures += 1
+                unsure = True  # the script may have leased jobs we never heard of: recover them
                 log.exception("worker %s: fetch failed", self.worker_id)
                 self._backoff_wait(failures)
                 continue
@@ -638,7 +639,8 @@ class RedisWorker:
             if result.deliveries:
                 try:
                     self._accept(result.deliveries)
-                except Exception:  # pragma: no cover - a bug; the leases will expire
+                except Exception:  # a bug: jobs not yet known to this process go back via recover
+                    unsure = True
                     log.exception("worker %s could not start %d fetched jobs", self.worker_id,
                                   len(result.deliveries))
             if result.deliveries:
@@ -671,11 +673,13 @@ class RedisWorker:
                 d = _Delivery(delivery, job, self.tasks.get(job.task))
                 runnable.append(d)
                 continue
-            except MalformedPayload as exc:
-                exc_type, message, reason = "engine.brokers.redis.MalformedPayload", str(exc), f"not runnable: {exc}"
             except UnknownTask as exc:
                 exc_type, message = "engine.errors.UnknownTask", str(exc)
                 reason = f"not runnable: unknown task {job.task if job else '?'!r} in worker {self.worker_id}"
+            except Exception as exc:  # MalformedPayload, or anything else a payload could provoke
+                if not isinstance(exc, MalformedPayload):
+                    exc = MalformedPayload(f"malformed payload: cannot be decoded ({type(exc).__name__})")
+                exc_type, message, reason = "engine.brokers.redis.MalformedPayload", str(exc), f"not runnable: {exc}"
             d = _Delivery(delivery, job, None)
             log.warning("worker %s dead-letters job %d: %s", self.worker_id, d.job_id, reason)
             entry = dead_letter_entry(exc_type=exc_type, exc_message=message, traceback="",
@@ -713,6 +717,16 @@ class RedisWorker:
                 self.queue.put_back([(d.job_id, d.token) for d in group])
             except BrokerUnavailable:
                 pass  # their leases expire
+            return
+        except Exception as exc:  # a bug: dead-letter them with the reason rather than loop on them
+            log.exception("worker %s could not start %d fetched jobs", self.worker_id, len(group))
+            now = self._clock.time()
+            for d in group:
+                entry = dead_letter_entry(
+                    exc_type=_qualname(type(exc)), exc_message=_safe_str(exc), traceback="",
+                    attempts=d.attempt, reason=f"not runnable: worker {self.worker_id} could not start it",
+                    last_failure_at=now)
+                self._settle(d, Outcome.dead(d.job_id, d.token, entry=entry))
             return
         with self._lock:
             for d, handle in zip(group, handles, strict=True):
@@ -787,11 +801,7 @@ class RedisWorker:
             tb = "".join(traceback.format_exception(exc))
         except Exception as tb_exc:  # a broken __str__ must not break the worker
             tb = f"<traceback unavailable: {tb_exc!r}>"
-        try:
-            message = str(exc)
-        except Exception:
-            message = "<unprintable exception>"
-        entry = dead_letter_entry(exc_type=_qualname(type(exc)), exc_message=message, traceback=tb,
+        entry = dead_letter_entry(exc_type=_qualname(type(exc)), exc_message=_safe_str(exc), traceback=tb,
                                   attempts=d.attempt, reason=reason, last_failure_at=now)
         self._settle(d, Outcome.dead(d.job_id, d.token, entry=entry, run_s=run_s, wait_s=wait_s,
                                      timed_out=timed_out))
@@ -965,6 +975,13 @@ class RedisWorker:
 def _qualname(cls: type) -> str:
     module = cls.__module__
     return cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # a broken __str__ must not break the worker
+        return "<unprintable exception>"
 
 
 def _float(text: str | None) -> float | None:

@@ -42,7 +42,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus
 
 import redis
 from redis.backoff import NoBackoff
@@ -149,35 +149,74 @@ def encode_payload(
 def decode_payload(text: str) -> JobPayload:
     """Parse and check a job's payload. Thread-safe (pure).
 
+    Never raises anything but :class:`MalformedPayload`, whatever ``text`` holds: bytes that
+    were not UTF-8 (passed in as lone surrogates, see :meth:`RedisQueue.fetch`), JSON nested
+    too deeply for the parser, numbers too big for a float...
+
     Raises:
         MalformedPayload: with a one-line reason naming what is wrong.
     """
     try:
+        return _decode_payload(text)
+    except MalformedPayload:
+        raise
+    except Exception as exc:  # RecursionError, OverflowError, MemoryError-free surprises...
+        raise MalformedPayload(f"malformed payload: cannot be decoded ({type(exc).__name__})") from None
+
+
+def _decode_payload(text: str) -> JobPayload:
+    if not isinstance(text, str):
+        raise MalformedPayload(f"malformed payload: expected JSON text, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MalformedPayload(
+            f"malformed payload: not valid UTF-8: {_clean(text[:80])!r}") from None
+    try:
         obj = json.loads(text)
+    except RecursionError:
+        raise MalformedPayload("malformed payload: JSON nested too deeply") from None
     except (TypeError, ValueError) as exc:
         raise MalformedPayload(f"malformed payload: not JSON ({exc}): {text[:80]!r}") from None
     if not isinstance(obj, dict):
         raise MalformedPayload(f"malformed payload: expected a JSON object, got {type(obj).__name__}")
     task = obj.get("task")
     if not isinstance(task, str) or not _TASK_NAME.match(task):
-        raise MalformedPayload(f"malformed payload: 'task' must be a task name, got {task!r:.80}")
+        raise MalformedPayload(f"malformed payload: 'task' must be a task name, got {_short(task)}")
     a = obj.get("a", [[], {}])
     if not (isinstance(a, list) and len(a) == 2 and isinstance(a[0], list) and isinstance(a[1], dict)):
-        raise MalformedPayload(f"malformed payload: 'a' must be [args list, kwargs object], got {a!r:.80}")
+        raise MalformedPayload(f"malformed payload: 'a' must be [args list, kwargs object], got {_short(a)}")
     name = obj.get("name", task)
     if not isinstance(name, str):
-        raise MalformedPayload(f"malformed payload: 'name' must be a string, got {name!r:.80}")
+        raise MalformedPayload(f"malformed payload: 'name' must be a string, got {_short(name)}")
     max_retries = obj.get("max_retries", 0)
     if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
-        raise MalformedPayload(f"malformed payload: 'max_retries' must be an int >= 0, got {max_retries!r:.80}")
+        raise MalformedPayload(f"malformed payload: 'max_retries' must be an int >= 0, got {_short(max_retries)}")
     timeout_s = obj.get("timeout_s")
-    if timeout_s is not None and (
-        not isinstance(timeout_s, (int, float)) or isinstance(timeout_s, bool)
-        or not math.isfinite(timeout_s) or timeout_s <= 0
-    ):
-        raise MalformedPayload(f"malformed payload: 'timeout_s' must be null or a number > 0, got {timeout_s!r:.80}")
+    if timeout_s is not None:
+        try:
+            timeout = float(timeout_s) if isinstance(timeout_s, (int, float)) and not isinstance(timeout_s, bool) \
+                else math.nan
+        except OverflowError:  # an int beyond a float's range
+            timeout = math.inf
+        if not 0 < timeout < math.inf:
+            raise MalformedPayload(
+                f"malformed payload: 'timeout_s' must be null or a number > 0, got {_short(timeout_s)}")
     return JobPayload(task, tuple(a[0]), a[1], name, max_retries,
                       None if timeout_s is None else float(timeout_s))
+
+
+def _short(value: object) -> str:
+    """A bounded repr for error messages (reprlib: safe on deep nesting and huge ints)."""
+    return _ARGS_REPR.repr(value)[:80]
+
+
+def _clean(text: str) -> str:
+    """``text`` as printable Unicode: bytes that were not UTF-8 (lone surrogates) become U+FFFD."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that does not stand for a byte (from a JSON escape)
+        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def dead_letter_entry(
@@ -330,18 +369,33 @@ class FleetState:
 # The queue client
 # ================================================================================================
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for messages and labels. Thread-safe."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+    """``url`` with every password replaced by ``***``, for messages and labels. Thread-safe.
+
+    Works by position, not by parsing (a password may hold ``/``, ``#``, ``?`` or ``@``
+    unencoded, which defeats URL parsers): everything between ``://`` and the last ``@`` is
+    user info, of which only a user name before the first ``:`` is kept; and the value of
+    every ``password=`` query parameter (``redis://host/0?password=...``) is masked.
+    """
+    text = str(url)
+    scheme_end = text.find("://")
+    start = 0 if scheme_end < 0 else scheme_end + 3
+    at = text.rfind("@", start)
+    if at >= 0:
+        user, colon, _ = text[start:at].partition(":")
+        text = text[:start] + (f"{user}:***" if colon else "***") + text[at:]
+    query = text.find("?", start)
+    if query >= 0:
+        text = text[:query] + _QUERY_PARAM.sub(_mask_password, text[query:])
+    return text
+
+
+_QUERY_PARAM = re.compile(r"([?&;])([^=&;]*)=([^&;]*)")
+
+
+def _mask_password(match: re.Match[str]) -> str:
+    if unquote_plus(match.group(2)).strip().lower() == "password":
+        return f"{match.group(1)}{match.group(2)}=***"
+    return match.group(0)
 
 
 def _load_scripts() -> dict[str, str]:
@@ -405,7 +459,7 @@ class RedisQueue:
         connect_timeout_s: float = 2.0,
         socket_timeout_s: float = 5.0,
     ) -> None:
-        if not isinstance(url, str) or urlsplit(url).scheme not in _SCHEMES:
+        if not isinstance(url, str) or url.partition("://")[0].lower() not in _SCHEMES or "://" not in url:
             raise ConfigError(
                 f"url must start with redis://, rediss:// (TLS) or unix://; got {redact_url(str(url))!r}"
             )
@@ -442,8 +496,12 @@ class RedisQueue:
                 retry=Retry(NoBackoff(), 0),
                 health_check_interval=30,
             )
-        except ValueError as exc:
-            raise ConfigError(f"url {self.url!r} is not a valid Redis URL: {exc}") from None
+        except Exception:  # ValueError mostly; any parse failure is a bad URL
+            # redis-py's message may quote part of the password (as a port, say): never show it.
+            raise ConfigError(
+                f"url {self.url!r} is not a valid Redis URL; expected "
+                "redis://[[user]:password@]host[:port][/db] (percent-encode '/', '#', '?' and '@' in a password)"
+            ) from None
         scripts = _scripts()
         self._s = {name: self._redis.register_script(text) for name, text in scripts.items()}
 
@@ -456,6 +514,26 @@ class RedisQueue:
             return self._s[script](keys=(), args=(self.base, *args))
         except redis.exceptions.RedisError as exc:
             raise self._unavailable(exc) from exc
+
+    def _run_raw(self, script: str, args: Sequence[Any]) -> Any:
+        """Run a script whose reply holds stored text (payloads, DLQ entries, heartbeats), with
+        every bulk string decoded here as UTF-8 with ``surrogateescape``: bytes that are not
+        UTF-8 (anyone who can write to Redis can store them) reach the caller as lone
+        surrogates, to be refused or cleaned per value, instead of failing the whole reply
+        in redis-py's decoder (``decode_responses``)."""
+        s = self._s[script]
+        argv = (self.base, *args)
+        try:
+            try:
+                reply = self._redis.execute_command(  # type: ignore[no-untyped-call]
+                    "EVALSHA", s.sha, 0, *argv, NEVER_DECODE=True)
+            except redis.exceptions.NoScriptError:  # not run: safe to load and send again
+                s.sha = self._redis.script_load(s.script)
+                reply = self._redis.execute_command(  # type: ignore[no-untyped-call]
+                    "EVALSHA", s.sha, 0, *argv, NEVER_DECODE=True)
+        except redis.exceptions.RedisError as exc:
+            raise self._unavailable(exc) from exc
+        return _decode_reply(reply)
 
     def _unavailable(self, exc: BaseException) -> BrokerUnavailable:
         if isinstance(exc, redis.exceptions.AuthenticationError):
@@ -556,7 +634,7 @@ class RedisQueue:
         now = repr(self._now())
         for start in range(0, len(payloads), _CHUNK):
             chunk = payloads[start:start + _CHUNK]
-            first = int(self._run("enqueue", (now, *chunk)))
+            first = int(self._run("enqueue", (now, retries, *chunk)))
             ids.extend(range(first, first + len(chunk)))
         return ids
 
@@ -577,11 +655,13 @@ class RedisQueue:
             BrokerUnavailable: Redis cannot be reached.
         """
         now = self._now()
-        reply = json.loads(self._run("fetch", (repr(now), int(count), repr(now + lease_s), worker_id,
-                                               self.dlq_max or 0, _SCAN)))
+        # A payload that is not UTF-8 reaches decode_payload as lone surrogates, which it refuses
+        # (MalformedPayload): one bad job never fails the whole batch's reply.
+        reply = json.loads(self._run_raw("fetch", (repr(now), int(count), repr(now + lease_s), worker_id,
+                                                   self.dlq_max or 0, _SCAN)))
         jobs = reply[6] if isinstance(reply[6], list) else []  # Lua's cjson writes [] as {}
         return FetchResult(
-            deliveries=[Delivery(int(i), t, a, p, float(e)) for i, t, a, p, e in jobs],
+            deliveries=[Delivery(int(i), str(t), int(a), str(p), _float_or(e, now) or now) for i, t, a, p, e in jobs],
             next_retry_at=float(reply[0]) if reply[0] != "" else None,
             next_lease_deadline=float(reply[1]) if reply[1] != "" else None,
             promoted=int(reply[2]),
@@ -830,11 +910,12 @@ class RedisQueue:
         """
         now = self._now()
         (stats, backlog, in_flight, scheduled, dlq_size, oldest, soon, runs, waits, control,
-         workers) = self._run("read", ("fleet", next_retries))
-        counters = {str(k): int(v) for k, v in _pairs(stats)}
+         workers) = self._run_raw("read", ("fleet", next_retries))
+        counters = {k: _int_or(v, 0) for k, v in _pairs(stats)}
         upcoming: list[tuple[int, float, str, int]] = []
         for i in range(0, len(soon), 4):
-            upcoming.append((int(soon[i]), float(soon[i + 1]), _payload_name(soon[i + 2]), int(soon[i + 3] or 0)))
+            upcoming.append((int(soon[i]), float(soon[i + 1]), _payload_name(soon[i + 2]),
+                             _int_or(soon[i + 3], 0)))
         return FleetState(
             taken_at=now,
             counters=counters,
@@ -842,10 +923,10 @@ class RedisQueue:
             in_flight=int(in_flight),
             scheduled=int(scheduled),
             dlq_size=int(dlq_size),
-            oldest_enqueued_at=float(oldest) if oldest != "" else None,
+            oldest_enqueued_at=_float_or(oldest, None),
             next_retries=upcoming,
-            run_samples=[float(x) for x in runs],
-            wait_samples=[float(x) for x in waits],
+            run_samples=[x for x in (_float_or(v, None) for v in runs) if x is not None],
+            wait_samples=[x for x in (_float_or(v, None) for v in waits) if x is not None],
             control=dict(_pairs(control)),
             workers=[dict(_pairs(w)) for w in workers],
         )
@@ -881,7 +962,7 @@ class RedisQueue:
             raise ConfigError(f"offset must be an int >= 0; got {offset!r}")
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise ConfigError(f"limit must be an int >= 1; got {limit!r}")
-        return _dead_letters(self._run("read", ("dlq", offset, limit)))
+        return _dead_letters(self._run_raw("read", ("dlq", offset, limit)))
 
     def dlq_get(self, job_id: int) -> DeadLetter:
         """One DLQ entry. Thread-safe.
@@ -890,7 +971,7 @@ class RedisQueue:
             JobNotFound: no entry with that id.
             BrokerUnavailable: Redis cannot be reached.
         """
-        found = _dead_letters(self._run("read", ("dlq_ids", int(job_id))))
+        found = _dead_letters(self._run_raw("read", ("dlq_ids", int(job_id))))
         if not found:
             raise JobNotFound(f"no dead-lettered job with id {job_id!r}")
         return found[0]
@@ -966,8 +1047,16 @@ class RedisQueue:
 # ================================================================================================
 # Helpers
 # ================================================================================================
+def _decode_reply(reply: Any) -> Any:
+    if isinstance(reply, bytes):
+        return reply.decode("utf-8", "surrogateescape")
+    if isinstance(reply, list):
+        return [_decode_reply(item) for item in reply]
+    return reply
+
+
 def _pairs(flat: Sequence[Any]) -> list[tuple[str, str]]:
-    return [(str(flat[i]), str(flat[i + 1])) for i in range(0, len(flat) - 1, 2)]
+    return [(_clean(str(flat[i])), _clean(str(flat[i + 1]))) for i in range(0, len(flat) - 1, 2)]
 
 
 def _glob_escape(text: str) -> str:
@@ -981,6 +1070,21 @@ def _payload_name(text: str) -> str:
         return "<malformed payload>"
 
 
+def _int_or(text: Any, default: int) -> int:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return default
+
+
+def _float_or(text: Any, default: float | None) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError, OverflowError):
+        return default
+    return value if math.isfinite(value) else default
+
+
 def _args_repr(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
     parts = [_ARGS_REPR.repr(a) for a in args]
     parts += [f"{k}={_ARGS_REPR.repr(v)}" for k, v in kwargs.items()]
@@ -991,34 +1095,48 @@ def _args_repr(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
 def _dead_letters(reply: Sequence[Any]) -> list[DeadLetter]:
     entries: list[DeadLetter] = []
     for i in range(1, len(reply), 4):
-        job_id, payload, raw_entry, first = int(reply[i]), str(reply[i + 1]), str(reply[i + 2]), reply[i + 3]
-        try:
-            job = decode_payload(payload)
-            name, task, args_repr = job.name, job.task, _args_repr(job.args, job.kwargs)
-        except MalformedPayload:
-            name, task = "<malformed payload>", None
-            args_repr = payload if len(payload) <= _ARGS_REPR_MAX else payload[: _ARGS_REPR_MAX - 3] + "..."
-        try:
-            entry = json.loads(raw_entry)
-            if not isinstance(entry, dict):
-                raise ValueError("not an object")
-        except ValueError:
-            entry = {"exc_type": "?", "exc_message": f"unreadable DLQ entry: {raw_entry[:80]!r}", "reason": "?"}
-        last = float(entry.get("last_failure_at") or 0.0)
-        entries.append(DeadLetter(
-            job_id=job_id,
-            name=name,
-            task=task,
-            args_repr=args_repr,
-            exc_type=str(entry.get("exc_type", "?")),
-            exc_message=str(entry.get("exc_message", "")),
-            traceback=str(entry.get("traceback", "")),
-            attempts=int(entry.get("attempts") or 0),
-            first_failure_at=min(float(first), last) if first not in ("", None) else last,
-            last_failure_at=last,
-            reason=str(entry.get("reason", "")),
-        ))
+        entries.append(_dead_letter(int(reply[i]), str(reply[i + 1]), str(reply[i + 2]), reply[i + 3]))
     return entries
+
+
+def _dead_letter(job_id: int, payload: str, raw_entry: str, first: Any) -> DeadLetter:
+    """One DLQ entry from what Redis holds; never raises, whatever was stored."""
+    try:
+        job = decode_payload(payload)
+        name, task, args_repr = job.name, job.task, _args_repr(job.args, job.kwargs)
+    except Exception:  # decode_payload raises only MalformedPayload; _args_repr must not break a read
+        name, task = "<malformed payload>", None
+        shown = _clean(payload)
+        args_repr = shown if len(shown) <= _ARGS_REPR_MAX else shown[: _ARGS_REPR_MAX - 3] + "..."
+    entry: dict[str, Any]
+    try:
+        parsed = json.loads(_clean(raw_entry))
+        if not isinstance(parsed, dict):
+            raise ValueError("not an object")
+        entry = parsed
+    except Exception:  # ValueError, RecursionError...
+        entry = {"exc_type": "?", "exc_message": f"unreadable DLQ entry: {_clean(raw_entry[:80])!r}",
+                 "reason": "?"}
+    last = _float_or(entry.get("last_failure_at"), 0.0) or 0.0
+    first_at = _float_or(first, None)
+    return DeadLetter(
+        job_id=job_id,
+        name=name,
+        task=task,
+        args_repr=args_repr,
+        exc_type=_text_field(entry.get("exc_type", "?")),
+        exc_message=_text_field(entry.get("exc_message", "")),
+        traceback=_text_field(entry.get("traceback", "")),
+        attempts=_int_or(entry.get("attempts"), 0),
+        first_failure_at=min(first_at, last) if first_at is not None else last,
+        last_failure_at=last,
+        reason=_text_field(entry.get("reason", "")),
+    )
+
+
+def _text_field(value: Any) -> str:
+    text = value if isinstance(value, str) else _ARGS_REPR.repr(value)
+    return _clean(text)
 
 
 def _check_max_retries(value: object) -> None:

@@ -18,7 +18,7 @@ for _, id in ipairs(ids) do
     done[#done + 1] = id
     local k = jkey(id)
     if command == 'requeue' then
-      redis.call('HDEL', k, 'd', 'f', 'x', 'l', 'w', 'r')
+      redis.call('HDEL', k, 'd', 'f', 'x', 'l', 'w', 'r', 'k')
       redis.call('HSET', k, 'a', 0, 'e', now)
     else
       redis.call('DEL', k)

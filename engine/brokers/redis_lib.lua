@@ -8,6 +8,7 @@
 --   a  attempts started          e  when it last became ready (wall-clock seconds)
 --   l  lease token while leased   w  the leasing worker         r  "1" once reported running
 --   k  leases lost before the job was reported running
+--   m  max_retries, written at enqueue (so Lua never needs to decode the payload for it)
 --   f  first failure time         x  last failure time          d  DLQ entry (JSON)
 -- Times are wall-clock seconds passed in by the caller's clock, never read here.
 
@@ -85,7 +86,7 @@ local UNSTARTED_LOSSES = 3
 local function lease_lost(id, now, dlq_max, why, started)
   local k = jkey(id)
   redis.call('ZREM', PROC, id)
-  local v = redis.call('HMGET', k, 'w', 'r', 'k', 'p')
+  local v = redis.call('HMGET', k, 'w', 'r', 'k', 'p', 'm')
   local owner, p = v[1] or '?', v[4]
   redis.call('HDEL', k, 'l', 'w', 'r')
   if not p then
@@ -99,7 +100,9 @@ local function lease_lost(id, now, dlq_max, why, started)
     return 3
   end
   local attempts = tonumber(redis.call('HGET', k, 'a') or '0') or 0
-  local max_retries = tonumber(payload_field(p, 'max_retries')) or 0
+  -- Jobs enqueued before field m existed: best effort from the payload (cjson refuses some
+  -- JSON that Python writes, such as lone-surrogate escapes; then 0).
+  local max_retries = tonumber(v[5]) or tonumber(payload_field(p, 'max_retries')) or 0
   redis.call('HINCRBY', STATS, 'failed', 1)
   redis.call('HSETNX', k, 'f', now)
   redis.call('HSET', k, 'x', now)

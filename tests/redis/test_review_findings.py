@@ -80,9 +80,6 @@ BAD_PAYLOADS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="redis bug: a payload that decode_payload/redis-py cannot decode with "
-                   "a ValueError drops the whole fetched batch (leased, never run, not recovered) until the "
-                   "leases expire; the bad job is never dead-lettered as malformed")
 @pytest.mark.parametrize("kind", sorted(BAD_PAYLOADS))
 def test_a_malformed_payload_is_dead_lettered_and_its_batch_runs(
     kind: str, fake_worker: Any, bytes_client: redis.Redis
@@ -104,6 +101,11 @@ def test_a_malformed_payload_is_dead_lettered_and_its_batch_runs(
     finished = wait_until(all_done)
     assert finished, (f"after {SHORT_S}s: succeeded={queue.counters().get('succeeded', 0)}, "
                       f"dlq={queue.dlq_len()}, leased={worker.status().leased}")
+    # Nothing was charged an attempt it did not run, and the bad job is dead-lettered as such.
+    assert queue.counters().get("retries", 0) == 0 and len(ran) == 3
+    [entry] = queue.dlq_list()
+    assert (entry.job_id, entry.exc_type, entry.attempts) == (bad, "engine.brokers.redis.MalformedPayload", 1)
+    assert entry.reason.startswith("not runnable: malformed payload"), entry.reason
 
 
 # -- 2. such a payload, once dead-lettered, breaks every DLQ read (and so the dashboard's poll) --
@@ -112,30 +114,29 @@ def _lose_lease_until_dead(queue: RedisQueue, clock: FakeClock) -> None:
     for _ in range(4):
         try:
             queue.fetch("w", 1, lease_s=5.0)
-        except Exception:  # the undecodable reply of bug 1; the script did run
+        except Exception:  # a reply the client could not decode (a bug); the script did run
             pass
         clock.advance(6.0)
     queue.fetch("w", 0, lease_s=5.0)  # reclaims the 4th expired lease
 
 
-@pytest.mark.xfail(strict=True, reason="redis bug: dlq_list/dlq_get raise UnicodeDecodeError/RecursionError "
-                   "(not a '<malformed payload>' entry) for a dead letter whose payload cannot be decoded")
 @pytest.mark.parametrize("kind", ["invalid-utf8", "deeply-nested"])
 def test_dlq_reads_survive_an_undecodable_payload(
     kind: str, queue: RedisQueue, clock: FakeClock, bytes_client: redis.Redis
 ) -> None:
-    job_id = queue.submit("good")
+    job_id = queue.submit_job("good", max_retries=0)
     bytes_client.hset(queue.base + f"job:{job_id}", "p", BAD_PAYLOADS[kind])
     _lose_lease_until_dead(queue, clock)
     assert queue.dlq_len() == 1  # the setup worked: the job is a dead letter
     [entry] = queue.dlq_list()
     assert entry.job_id == job_id
-    assert queue.dlq_get(job_id).job_id == job_id
+    assert entry.name == "<malformed payload>" and entry.task is None
+    assert entry.exc_type == "engine.brokers.redis.LeaseExpired"
+    assert queue.dlq_get(job_id) == entry
+    entry.args_repr.encode("utf-8")  # printable: no lone surrogates reach the screen
 
 
 # -- 3. Lua reads max_retries with cjson, which rejects payloads Python wrote and accepts --------
-@pytest.mark.xfail(strict=True, reason="redis bug: lease_lost reads max_retries with cjson.decode, which fails "
-                   "on a lone-surrogate escape json.dumps writes; the job is dead-lettered as if max_retries=0")
 @pytest.mark.parametrize("how", ["forceful-put-back", "lease-expired-after-start"])
 def test_a_lost_running_attempt_is_retried_whatever_the_arguments(
     how: str, queue: RedisQueue, clock: FakeClock
@@ -157,8 +158,6 @@ def test_a_lost_running_attempt_is_retried_whatever_the_arguments(
 
 
 # -- 4. a DLQ requeue gives "fresh attempts" but keeps the count of free lease losses ------------
-@pytest.mark.xfail(strict=True, reason="redis bug: redis_dlq.lua requeue resets 'a' but not 'k', so a requeued "
-                   "job's first lost prefetch spends an attempt (a fresh job gets 3 free)")
 def test_a_requeued_dead_letter_gets_the_free_lease_losses_of_a_fresh_job(
     redis_url: str, prefix: str, clock: FakeClock, raw: redis.Redis
 ) -> None:
@@ -180,8 +179,6 @@ def test_a_requeued_dead_letter_gets_the_free_lease_losses_of_a_fresh_job(
 
 
 # -- 5. passwords in messages and labels --------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="redis bug: redact_url leaves the password in when it contains '/', "
-                   "'#' or '?' (urlsplit finds no '@' in the netloc) or is given as ?password=")
 @pytest.mark.parametrize("url", [
     "redis://:s3cr/et@127.0.0.1:6379/0",          # a base64 password, not percent-encoded
     "redis://app:s3cr#et@127.0.0.1:6379/0",
