@@ -1,0 +1,185 @@
+"""Hostile or broken data in Redis, secrets in URLs, and failures between Redis and a worker.
+
+Whoever can write to Redis can store any bytes in a job; none of it may crash a worker, stall
+its batch-mates, break a dashboard read, or leak a password into a message.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import given
+from hypothesis import strategies as st
+
+from engine import FakeClock, RetryPolicy, TaskRegistry
+from engine.brokers.redis import (
+    MalformedPayload,
+    Outcome,
+    RedisQueue,
+    dead_letter_entry,
+    decode_payload,
+    redact_url,
+)
+from engine.errors import ConfigError
+from engine.fleet import FleetView
+from engine.redis_worker import RedisWorker
+from tests.redis.conftest import eventually
+
+WALL = 1_700_000_000.0
+
+
+@pytest.fixture
+def bytes_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+# -- decode_payload never raises anything but MalformedPayload ----------------------------------
+@pytest.mark.parametrize(("text", "reason"), [
+    ('{"task":"t","a":[["\udcff"],{}]}', "not valid UTF-8"),  # a byte 0xff as fetch hands it over
+    ('{"task":"t","a":[[' + "[" * 100_000 + "]" * 100_000 + "],{}]}", "nested too deeply"),
+    ('{"task":"t","timeout_s":' + "9" * 400 + "}", "'timeout_s' must be null or a number > 0"),
+    ('{"task":"t","timeout_s":1e999}', "'timeout_s' must be null or a number > 0"),
+    ('{"task":"t","timeout_s":' + "9" * 5000 + "}", "not JSON"),  # beyond int's str limit
+    ('{"task":' + "[" * 50 + "]" * 50 + "}", "'task' must be a task name"),
+])
+def test_decode_payload_refuses_hostile_text_with_a_reason(text: str, reason: str) -> None:
+    with pytest.raises(MalformedPayload, match=r"^malformed payload: ") as info:
+        decode_payload(text)
+    assert reason in str(info.value)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
+    str(info.value).encode("utf-8")  # printable
+
+
+def test_decode_payload_accepts_escaped_surrogates_that_python_writes() -> None:
+    job = decode_payload('{"task":"t","a":[["report-\\udcff.txt"],{}]}')
+    assert job.args == ("report-\udcff.txt",)
+
+
+@given(st.text(max_size=200) | st.binary(max_size=200).map(lambda b: b.decode("utf-8", "surrogateescape")))
+def test_decode_payload_raises_only_malformed_payload(text: str) -> None:
+    try:
+        decode_payload(text)
+    except MalformedPayload:
+        pass
+
+
+# -- the fetch and read replies survive bytes that are not UTF-8 ---------------------------------
+def test_one_undecodable_payload_does_not_fail_the_fetch_of_its_batch(
+    queue: RedisQueue, bytes_client: redis.Redis
+) -> None:
+    ids = queue.submit_many("t", [(1,), (2,), (3,)])
+    bytes_client.hset(queue.base + f"job:{ids[1]}", "p", b'{"task":"t","a":[["\xff\xfe"],{}]}')
+    result = queue.fetch("w", 10, lease_s=5.0)
+    assert [d.job_id for d in result.deliveries] == ids
+    assert decode_payload(result.deliveries[0].payload).args == (1,)
+    assert decode_payload(result.deliveries[2].payload).args == (3,)
+    with pytest.raises(MalformedPayload, match="not valid UTF-8"):
+        decode_payload(result.deliveries[1].payload)
+
+
+def test_fleet_state_survives_undecodable_retries_and_heartbeats(
+    queue: RedisQueue, bytes_client: redis.Redis
+) -> None:
+    job_id = queue.submit("t")
+    [d] = queue.fetch("w", 1, lease_s=5.0).deliveries
+
+
+    queue.settle([Outcome.retry(d.job_id, d.token, due_at=WALL + 60, retry_no=1)])
+    bytes_client.hset(queue.base + f"job:{job_id}", "p", b"\xff" * 10)
+    bytes_client.hset(queue.base + "worker:bad", mapping={"id": b"bad\xff", "last_seen": b"\xff",
+                                                          "threads": b"[[", "heartbeat_s": b"x"})
+    bytes_client.zadd(queue.base + "workers", {"bad": WALL})
+    bytes_client.hset(queue.base + "stats", "odd", b"\xff")
+    state = queue.fleet_state()
+    assert state.next_retries == [(job_id, WALL + 60, "<malformed payload>", 1)]
+    assert state.workers[0]["id"] == "bad\ufffd"
+    snap = FleetView(queue).snapshot()  # the dashboard's poll does not raise either
+    assert snap.scheduled == 1
+
+
+def test_dlq_entry_with_undecodable_entry_text_is_shown(
+    queue: RedisQueue, clock: FakeClock, bytes_client: redis.Redis
+) -> None:
+    job_id = queue.submit("t")
+    [d] = queue.fetch("w", 1, lease_s=5.0).deliveries
+
+
+    entry = dead_letter_entry(exc_type="E", exc_message="m", traceback="", attempts=1, reason="r",
+                              last_failure_at=WALL)
+    queue.settle([Outcome.dead(d.job_id, d.token, entry=entry)])
+    bytes_client.hset(queue.base + f"job:{job_id}", mapping={"d": b'{"exc_type":"E\xff","attempts":"x"}',
+                                                             "f": b"nan?"})
+    [shown] = queue.dlq_list()
+    assert (shown.job_id, shown.exc_type, shown.attempts, shown.name) == (job_id, "E\ufffd", 0, "t")
+
+
+def test_scripts_are_loaded_again_after_a_script_flush(queue: RedisQueue, raw: redis.Redis) -> None:
+    queue.submit("t")
+    raw.script_flush()  # as after a Redis restart without persistence of the script cache
+    assert len(queue.fetch("w", 5, lease_s=5.0).deliveries) == 1
+    assert queue.dlq_list() == []
+
+
+# -- the worker: an unexpected failure between the fetch script and its reply ---------------------
+def test_a_fetch_that_fails_after_leasing_is_recovered_without_waiting_for_leases(
+    redis_url: str, prefix: str
+) -> None:
+    clock = FakeClock(start=100.0, wall_start=WALL, max_real_wait_s=0.05)  # never advanced
+    queue = RedisQueue(redis_url, prefix=prefix, clock=clock)
+    real_fetch = queue.fetch
+    failed = threading.Event()
+
+    def fetch_then_fail(*args: Any, **kwargs: Any) -> Any:
+        result = real_fetch(*args, **kwargs)
+        if result.deliveries and not failed.is_set():
+            failed.set()
+            raise RuntimeError("reply lost in a way nobody expected")
+        return result
+
+    queue.fetch = fetch_then_fail  # type: ignore[method-assign]
+    tasks = TaskRegistry()
+    ran: list[int] = []
+    tasks.register("t", ran.append)
+    worker = RedisWorker(queue, tasks, min_workers=1, max_workers=1, autoscale=False, lease_s=30.0,
+                         heartbeat_s=0.1, poll_s=0.05, log_interval_s=0, clock=clock,
+                         retry=RetryPolicy(base_s=0.001, cap_s=0.01))
+    try:
+        queue.submit_many("t", [(i,) for i in range(5)])
+        worker.start()
+        eventually(lambda: queue.counters().get("succeeded", 0) == 5, what="5 jobs succeeded")
+        assert failed.is_set() and sorted(ran) == list(range(5))
+        assert queue.counters().get("retries", 0) == 0 and queue.dlq_len() == 0
+    finally:
+        worker.stop(graceful=False, timeout_s=5)
+        queue.close()
+
+
+# -- secrets in URLs ---------------------------------------------------------------------------
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+    ("redis://user:pa/ss#w?rd@h:1/2", "redis://user:***@h:1/2"),
+    ("redis://:p@ss@h:1/0", "redis://:***@h:1/0"),
+    ("rediss://token@h", "rediss://***@h"),
+    ("redis://h/0?db=1&Password=x&pass%77ord=y;password=z", "redis://h/0?db=1&Password=***&pass%77ord=***;password=***"),
+    ("unix:///tmp/r.sock?password=x&db=2", "unix:///tmp/r.sock?password=***&db=2"),
+    ("not a url with pass@word", "***@word"),
+])
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize("url", [
+    "redis://:s3cret-xyz@h:port/0",
+    "redis://:s3cret-xyz@[::1/0",
+    "ftp://:s3cret-xyz@h/0",
+])
+def test_config_errors_never_quote_the_password(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        RedisQueue(url)
+    assert "s3cret" not in str(info.value) and "***" in str(info.value)
