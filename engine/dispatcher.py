@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import bisect
+import dataclasses
 import difflib
 import functools
 import heapq
@@ -44,7 +45,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor
-from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -77,6 +78,8 @@ from engine.policy.autoscale import AutoscalePolicy, ScaleMemory, ScaleStats, de
 from engine.policy.backoff import RetryPolicy
 
 __all__ = ["Dispatcher", "ShutdownReport"]
+
+_Completion = tuple[JobHandle, str, Any, "BaseException | None"]  # what a future completes with
 
 T = TypeVar("T")
 
@@ -266,6 +269,8 @@ class Dispatcher(Executor):
         self._closed = False  # (lock) intake stopped
         self._forced = False  # (lock) forceful shutdown in progress: no more retries
         self._timer_done = False  # (lock) the timer thread has exited
+        self._delivering = 0  # (lock) outcomes recorded whose futures are still being completed
+        self._retired_busy_s = 0.0  # (lock) busy time of workers that have left the pool
         self._stopped = False  # (lock) workers told to exit
         self._report: ShutdownReport | None = None  # (lock)
         self._forced_cancelled: list[tuple[int, str]] = []  # (lock) jobs a forceful shutdown cancelled
@@ -419,8 +424,8 @@ class Dispatcher(Executor):
         timeout: float | None = None,
         chunksize: int = 1,
     ) -> Iterator[T]:
-        """:meth:`concurrent.futures.Executor.map`, submitting the calls in one batch."""
-        if timeout is not None:
+        """:meth:`concurrent.futures.Executor.map`; without a bounded backlog the calls go in one batch."""
+        if timeout is not None or self._max_queue is not None:  # the standard way: one blocking submit each
             return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)
         jobs = self.submit_many(fn, zip(*iterables, strict=False))
 
@@ -539,14 +544,24 @@ class Dispatcher(Executor):
         assert worker.thread is not None
         try:
             worker.thread.start()
-        except RuntimeError as exc:  # can't start new thread: give the slot back
+        except RuntimeError as exc:  # can't start new thread: give the slot, and any job, back
             self._emit(logging.ERROR, "could not start worker %d: %s", worker.id, exc)
             with self._lock:
+                job = worker.job
+                if job is not None:  # handed over before the thread existed: back to the backlog
+                    worker.job = None
+                    self._in_flight -= 1
+                    job._job_state = JobState.QUEUED
+                    job._state = PENDING
+                    self._broker.push(job)
                 self._remove_worker_locked(worker)
+                if not self._paused:
+                    self._dispatch_locked()
 
     def _remove_worker_locked(self, worker: _Worker) -> None:
         if self._workers.get(worker.id) is worker:
             del self._workers[worker.id]
+            self._retired_busy_s += worker.busy_s
         index = bisect.bisect_left(self._idle, worker.id)
         if index < len(self._idle) and self._idle[index] == worker.id:
             self._idle.pop(index)
@@ -557,36 +572,23 @@ class Dispatcher(Executor):
     def _worker_main(self, worker: _Worker) -> None:
         lock, now, broker = self._lock, self._now, self._broker
         tasks = self._tasks
-        finished: tuple[JobHandle, str, Any, BaseException | None] | None = None
         lock.acquire()
         try:
             while True:
                 job = worker.job
                 if (job is None and worker.state is not WorkerState.IDLE and not worker.retiring
                         and not self._paused and not self._stopped):
-                    job = broker.pop()
+                    job = broker.pop()  # just finished one: take the next without waiting
                     if job is not None:
                         self._start_job_locked(worker, job)
                         if self._max_queue is not None:
                             self._space.notify_all()
                 if job is None:
-                    leaving = worker.retiring or self._stopped
-                    if not leaving and worker.state is not WorkerState.IDLE:
-                        # Idle before the last future completes: whoever it wakes finds us free.
+                    if worker.retiring or self._stopped:
+                        return
+                    if worker.state is not WorkerState.IDLE:
                         worker.state = WorkerState.IDLE
                         bisect.insort(self._idle, worker.id)
-                    if finished is not None:
-                        logs = self._take_logs_locked()
-                        lock.release()
-                        try:
-                            finished[0]._complete(finished[1], finished[2], finished[3])
-                            self._emit_all(logs)
-                        finally:
-                            finished = None
-                            lock.acquire()
-                        continue  # a job may have been handed to us meanwhile
-                    if leaving:
-                        return
                     worker.cond.wait()
                     continue
 
@@ -598,13 +600,9 @@ class Dispatcher(Executor):
                 worker.busy_since = start
                 timeout_s = job.options.timeout_s
                 if timeout_s is not None:
-                    heapq.heappush(self._timeouts, (start + timeout_s, next(self._timeout_seq), worker, job, attempt))
-                    self._timer_cond.notify()
+                    self._push_timeout_locked(start + timeout_s, worker, job, attempt)
                 logs = self._take_logs_locked()
                 lock.release()
-                if finished is not None:
-                    finished[0]._complete(finished[1], finished[2], finished[3])
-                    finished = None
                 if logs:
                     self._emit_all(logs)
                 _current.handle, _current.attempt = job, attempt
@@ -636,23 +634,49 @@ class Dispatcher(Executor):
                 if exc is None:
                     self._c_succeeded += 1
                     job._job_state = JobState.SUCCEEDED
-                    finished = (job, FINISHED, result, None)
+                    finished: _Completion | None = (job, FINISHED, result, None)
                 else:
                     assert failure is not None
                     finished = self._fail_locked(job, exc, failure)
-                if self._in_flight == 0 and self._unfinished_locked() == 0:
-                    self._settled.notify_all()
+                # Deliver the outcome before taking another job: callbacks and waiters run on
+                # this thread, and nothing of the next job (its start, its timeout) waits on them.
+                if finished is not None and not finished[0]._complete_quietly(*finished[1:]):
+                    self._deliver_unlocked(finished)
+                self._notify_if_settled_locked()
         finally:
-            if finished is not None:  # pragma: no cover - only on an internal error
-                lock.release()
-                finished[0]._complete(finished[1], finished[2], finished[3])
-                lock.acquire()
             if worker.abandoned:
                 self._stuck -= 1  # an abandoned thread has finally come back
                 self._settled.notify_all()
             else:
                 self._remove_worker_locked(worker)
             lock.release()
+
+    def _deliver_unlocked(self, finished: _Completion) -> None:
+        """Complete a future whose waiters or callbacks may run user code: lock held on entry and exit,
+        released in between. ``join`` waits for these deliveries too."""
+        self._delivering += 1
+        logs = self._take_logs_locked()
+        self._lock.release()
+        try:
+            finished[0]._complete(finished[1], finished[2], finished[3])
+            self._emit_all(logs)
+        finally:
+            self._lock.acquire()
+            self._delivering -= 1
+
+    def _notify_if_settled_locked(self) -> None:
+        """Wake ``join`` and shutdown when nothing is left unfinished or undelivered."""
+        if self._in_flight == 0 and self._delivering == 0 and self._unfinished_locked() == 0:
+            self._settled.notify_all()
+
+    def _push_timeout_locked(self, deadline: float, worker: _Worker, job: JobHandle, attempt: int) -> None:
+        timeouts = self._timeouts
+        heapq.heappush(timeouts, (deadline, next(self._timeout_seq), worker, job, attempt))
+        if len(timeouts) > 2 * len(self._workers) + 64:  # drop finished attempts so they can be freed
+            live = [e for e in timeouts if e[2].job is e[3] and e[3].attempts == e[4] and not e[2].abandoned]
+            heapq.heapify(live)
+            self._timeouts = live
+        self._timer_cond.notify()
 
     # ==========================================================================================
     # Logging that can never hurt the engine
@@ -725,7 +749,7 @@ class Dispatcher(Executor):
 
     def _fail_locked(
         self, job: JobHandle, exc: BaseException, failure: tuple[float | None, DeadLetter | None]
-    ) -> tuple[JobHandle, str, Any, BaseException | None] | None:
+    ) -> _Completion | None:
         """Apply a failed attempt's outcome. Returns the completion to deliver, if any."""
         self._c_failed += 1
         wall = self._clock.time()
@@ -735,8 +759,7 @@ class Dispatcher(Executor):
         delay, entry = failure
         if delay is not None:
             if self._forced:  # a forceful shutdown schedules nothing new
-                self._c_cancelled += 1
-                job._job_state = JobState.CANCELLED
+                self._cancel_locked(job)
                 self._forced_cancelled.append((job.id, job.name))
                 return (job, CANCELLED_AND_NOTIFIED, None, None)
             retry_no = job.attempts  # the attempt that just failed is retry number attempts-1
@@ -765,16 +788,21 @@ class Dispatcher(Executor):
     # ==========================================================================================
     # Cancel
     # ==========================================================================================
+    def _cancel_locked(self, job: JobHandle) -> None:
+        """Mark a job cancelled. Its future reads as cancelled at once (the stdlib's first phase,
+        CANCELLED); waiters are told when the caller completes it, after releasing the lock."""
+        job._job_state = JobState.CANCELLED
+        job._state = CANCELLED
+        self._c_cancelled += 1
+
     def _cancel_handle(self, job: JobHandle) -> bool:
         with self._lock:
             if job._job_state is JobState.CANCELLED:
                 return True
             if job._job_state not in (JobState.QUEUED, JobState.SCHEDULED) or not self._broker.discard(job):
                 return False
-            self._c_cancelled += 1
-            job._job_state = JobState.CANCELLED
-            if self._unfinished_locked() == 0:
-                self._settled.notify_all()
+            self._cancel_locked(job)
+            self._notify_if_settled_locked()
             if self._max_queue is not None:
                 self._space.notify_all()
         job._complete(CANCELLED_AND_NOTIFIED, None, None)
@@ -787,14 +815,17 @@ class Dispatcher(Executor):
         lock = self._lock
         with lock:
             while True:
-                if self._stopped and not self._workers_alive_locked():
+                if self._stopped:  # nothing is left for the timer once workers are told to stop
                     break
                 now = self._now()
                 after: list[Callable[[], None]] = []
                 try:
-                    self._tick_locked(now, after)
+                    expired = self._tick_locked(now, after)
+                    if expired:
+                        self._time_out_locked(expired, after)
                 except Exception:  # the timer must outlive any bug in one tick
-                    self._emit(logging.ERROR, "dispatcher timer tick failed", exc_info=True)
+                    self._deferred_logs.append((logging.ERROR, "dispatcher timer tick failed:\n%s",
+                                                (traceback.format_exc(),)))
                 logs = self._take_logs_locked()
                 if after or logs:
                     lock.release()
@@ -809,14 +840,11 @@ class Dispatcher(Executor):
                         lock.acquire()
                     continue
                 wake = self._next_wake_locked()
-                if self._stopped and not self._workers_alive_locked():
+                if self._stopped:  # nothing is left for the timer once workers are told to stop
                     break
                 self._clock.wait(self._timer_cond, None if wake is None else wake - self._now())
             self._timer_done = True
             self._settled.notify_all()
-
-    def _workers_alive_locked(self) -> bool:
-        return bool(self._workers)
 
     def _next_wake_locked(self) -> float | None:
         candidates = [self._next_sample_at, self._next_scale_at]
@@ -828,10 +856,12 @@ class Dispatcher(Executor):
         if self._timeouts:
             candidates.append(self._timeouts[0][0])
         if self._stopped:
-            return None if not self._workers else self._now() + 0.05
+            return None  # only waiting for workers to exit; each one wakes us as it goes
         return min(candidates)
 
-    def _tick_locked(self, now: float, after: list[Callable[[], None]]) -> None:
+    def _tick_locked(self, now: float, after: list[Callable[[], None]]) -> list[tuple[_Worker, JobHandle, int]]:
+        """Everything due at ``now``. Returns the attempts past their timeout, for the caller to
+        handle with :meth:`_time_out_locked`."""
         # Retries falling due go back to the backlog.
         due = self._broker.pop_due(now)
         if due:
@@ -842,8 +872,6 @@ class Dispatcher(Executor):
                 push(job)
             if not self._paused:
                 self._dispatch_locked()
-        # Attempts past their timeout.
-        self._expire_timeouts_locked(now, after)
         # Throughput samples.
         if now >= self._next_sample_at:
             self._done_samples.append((now, self._c_succeeded + self._c_dead + self._c_cancelled))
@@ -859,28 +887,41 @@ class Dispatcher(Executor):
             line = format_log_line(self._snapshot_locked(now, workers=False))
             after.append(lambda: self._emit(logging.INFO, "%s", line))
             self._next_log_at = now + self._log_interval_s
-
-    def _expire_timeouts_locked(self, now: float, after: list[Callable[[], None]]) -> None:
+        # Attempts past their timeout.
+        expired = []
         timeouts = self._timeouts
         while timeouts and timeouts[0][0] <= now:
             _, _, worker, job, attempt = heapq.heappop(timeouts)
+            if worker.job is job and job.attempts == attempt and not worker.abandoned:
+                expired.append((worker, job, attempt))
+        return expired
+
+    def _time_out_locked(self, expired: list[tuple[_Worker, JobHandle, int]], after: list[Callable[[], None]]) -> None:
+        """Fail attempts that ran past their timeout. Lock held on entry and exit; released while
+        the DLQ entries are built, since that runs user code (argument reprs, exception text)."""
+        prepared = []
+        self._lock.release()
+        try:
+            for worker, job, attempt in expired:
+                timeout_s = job.options.timeout_s or 0.0
+                exc = JobTimeout(f"job {job.id} ({job.name}) ran past its timeout of {timeout_s:g}s")
+                failure = self._judge(job, exc, attempt)
+                thread = worker.thread
+                frame = sys._current_frames().get(thread.ident) if thread is not None and thread.ident else None
+                if failure[1] is not None and frame is not None:
+                    stack = "".join(traceback.format_stack(frame))
+                    failure = (None, dataclasses.replace(
+                        failure[1], traceback=f"{failure[1].traceback}Stack of the abandoned thread when it timed out:\n{stack}"
+                    ))
+                prepared.append((worker, job, attempt, exc, failure, timeout_s))
+        finally:
+            self._lock.acquire()
+        for worker, job, attempt, exc, failure, timeout_s in prepared:
             if worker.job is not job or job.attempts != attempt or worker.abandoned:
-                continue  # that attempt already finished
-            timeout_s = job.options.timeout_s
-            exc = JobTimeout(f"job {job.id} ({job.name}) ran past its timeout of {timeout_s:g}s")
-            stack = ""
-            thread = worker.thread
-            frame = sys._current_frames().get(thread.ident) if thread is not None and thread.ident else None
-            if frame is not None:
-                stack = "Stack of the abandoned thread when it timed out:\n" + "".join(traceback.format_stack(frame))
+                continue  # it finished while the entry was being built
             self._c_timed_out += 1
             self._abandon_worker_locked(worker, after)
             job._cancel_token(f"timed out after {timeout_s:g}s")
-            failure = self._judge(job, exc, attempt)
-            if failure[1] is not None and stack:
-                from dataclasses import replace
-
-                failure = (None, replace(failure[1], traceback=failure[1].traceback + stack))
             finished = self._fail_locked(job, exc, failure)
             if finished is not None:
                 after.append(functools.partial(finished[0]._complete, finished[1], finished[2], finished[3]))
@@ -888,6 +929,7 @@ class Dispatcher(Executor):
                 logging.WARNING, "job %d (%s) timed out after %gs; its thread is abandoned",
                 (job.id, job.name, timeout_s),
             ))
+        self._notify_if_settled_locked()
 
     def _abandon_worker_locked(self, worker: _Worker, after: list[Callable[[], None]]) -> None:
         """Give up on a worker whose job overran: it leaves the pool, and a fresh one takes its place."""
@@ -900,13 +942,13 @@ class Dispatcher(Executor):
             worker.busy_s += self._now() - worker.busy_since
         if self._workers.get(worker.id) is worker:
             del self._workers[worker.id]
+            self._retired_busy_s += worker.busy_s
         if not self._stopped and not worker.retiring:
             fresh = self._add_worker_locked()
             after.append(lambda: self._start_worker(fresh))
             if not self._paused:
                 self._dispatch_locked()
-        if self._closed:
-            self._settled.notify_all()
+        self._notify_if_settled_locked()
 
     # ==========================================================================================
     # Autoscaling and limits
@@ -917,7 +959,7 @@ class Dispatcher(Executor):
         return active, len(self._idle)
 
     def _autoscale_locked(self, now: float, after: list[Callable[[], None]]) -> None:
-        busy_total = sum(
+        busy_total = self._retired_busy_s + sum(
             w.busy_s + (now - w.busy_since if w.busy_since is not None else 0.0) for w in self._workers.values()
         )
         mark = self._util_mark
@@ -1015,8 +1057,14 @@ class Dispatcher(Executor):
     # Pause and resume
     # ==========================================================================================
     def pause(self) -> None:
-        """Stop handing jobs to workers; running jobs finish, submissions still queue. Thread-safe."""
+        """Stop handing jobs to workers; running jobs finish, submissions still queue. Thread-safe.
+
+        Raises:
+            DispatcherClosed: the dispatcher is shutting down (a drain cannot be paused).
+        """
         with self._lock:
+            if self._closed:
+                raise DispatcherClosed("the dispatcher is shutting down; a drain cannot be paused")
             self._paused = True
 
     def resume(self) -> None:
@@ -1225,7 +1273,7 @@ class Dispatcher(Executor):
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._lock:
-            while self._unfinished_locked() > 0:
+            while self._unfinished_locked() > 0 or self._delivering > 0:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -1254,6 +1302,11 @@ class Dispatcher(Executor):
         """
         if timeout_s is not None and (not _is_number(timeout_s) or timeout_s < 0):
             raise ConfigError(f"timeout_s must be None or a number >= 0; got {timeout_s!r}")
+        if wait and _current_handle() is not None and not cancel_futures:
+            raise RuntimeError(
+                "shutdown(wait=True) from inside a running job would wait for that job itself; "
+                "use shutdown(wait=False) there"
+            )
         started = self._now()
         cancelled: list[JobHandle] = []
         with self._lock:
@@ -1300,9 +1353,8 @@ class Dispatcher(Executor):
             else:
                 job._cancel_token("forceful shutdown")
         for job in jobs:
-            job._job_state = JobState.CANCELLED
+            self._cancel_locked(job)
             self._forced_cancelled.append((job.id, job.name))
-        self._c_cancelled += len(jobs)
         self._settled.notify_all()
         return jobs
 
@@ -1343,8 +1395,7 @@ class Dispatcher(Executor):
                         continue
                     job = running
                     self._abandon_worker_locked(worker, [])
-                    job._job_state = JobState.CANCELLED
-                    self._c_cancelled += 1
+                    self._cancel_locked(job)
                     self._forced_abandoned.append((job.id, job.name))
                     abandoned.append(job)
             self._stopped = True
@@ -1359,9 +1410,11 @@ class Dispatcher(Executor):
             job._complete(CANCELLED_AND_NOTIFIED, None, None)
             self._emit(logging.WARNING, "abandoned job %d (%s), still running at forceful shutdown", job.id, job.name)
         # Idle workers and the timer exit promptly now; wait for them (never for abandoned threads).
+        me = threading.current_thread()  # a done-callback may shut down from a worker or the timer
         with self._lock:
-            while self._workers or not self._timer_done:
-                self._settled.wait(0.05)
+            while (any(w.thread is not me for w in self._workers.values())
+                   or (not self._timer_done and self._timer is not me)):
+                self._settled.wait(1.0)  # woken by each exiting thread; the bound is only a safety net
             report = ShutdownReport(
                 forceful=forceful or self._forced,
                 escalated=escalated,
@@ -1396,7 +1449,6 @@ class Dispatcher(Executor):
 _live_dispatchers: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
 
 
-@atexit.register
 def _shutdown_at_exit() -> None:
     """Like ThreadPoolExecutor: at interpreter exit, finish what was submitted."""
     for dispatcher in list(_live_dispatchers):
@@ -1404,6 +1456,20 @@ def _shutdown_at_exit() -> None:
         if snap.unfinished:
             log.warning("interpreter exiting: draining %d unfinished jobs of %r", snap.unfinished, dispatcher)
         dispatcher.shutdown(wait=True)
+
+
+# Run before the interpreter stops allowing new threads (3.12+ refuses them in atexit handlers),
+# as concurrent.futures.thread does; plain atexit where that hook does not exist.
+_register = getattr(threading, "_register_atexit", None)
+if _register is not None:
+    _register(_shutdown_at_exit)
+else:  # pragma: no cover
+    atexit.register(_shutdown_at_exit)
+
+
+def _current_handle() -> JobHandle | None:
+    handle: JobHandle | None = getattr(_current, "handle", None)
+    return handle
 
 
 def _no_registry(task: str | None) -> Callable[..., Any]:

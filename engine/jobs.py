@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures._base import (  # the states Future's own methods test against
+    CANCELLED,
     CANCELLED_AND_NOTIFIED,
     FINISHED,
     PENDING,
@@ -261,10 +262,10 @@ class JobHandle(Future[Any]):
         return self._state == RUNNING
 
     def done(self) -> bool:
-        return self._state in (FINISHED, CANCELLED_AND_NOTIFIED)
+        return self._state in (FINISHED, CANCELLED, CANCELLED_AND_NOTIFIED)
 
     def cancelled(self) -> bool:
-        return self._state == CANCELLED_AND_NOTIFIED
+        return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
 
     def cancel(self) -> bool:
         """Cancel the job if it is queued or waiting for a retry. Thread-safe.
@@ -272,13 +273,26 @@ class JobHandle(Future[Any]):
         Returns:
             True if the job is now cancelled (or already was); False if it is running or finished.
         """
-        if self._state == CANCELLED_AND_NOTIFIED:
+        if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
             return True
         if self._dispatcher is None:
             return False
         return self._dispatcher._cancel_handle(self)
 
     # -- transitions, driven by the dispatcher ------------------------------------------------
+    def _complete_quietly(self, state: str, result: Any, exc: BaseException | None) -> bool:
+        """Finish at once if nobody has ever waited on or subscribed to this handle.
+
+        Runs no user code and takes only the leaf ``_LAZY_LOCK``, so the dispatcher may call it
+        while holding its own lock. Returns False (changing nothing) when waiters or callbacks
+        may exist; the caller then uses :meth:`_complete` after releasing its lock.
+        """
+        with _LAZY_LOCK:
+            if self._cond is not None or self._callbacks_ is not None:
+                return False
+            self._result, self._exception, self._state = result, exc, state
+            return True
+
     def _complete(self, state: str, result: Any, exc: BaseException | None) -> None:
         """Move to FINISHED or CANCELLED_AND_NOTIFIED, wake waiters, run callbacks.
 
