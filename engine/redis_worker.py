@@ -67,7 +67,7 @@ from engine.metrics import Snapshot
 from engine.policy.autoscale import AutoscalePolicy
 from engine.policy.backoff import RetryPolicy, backoff_delay
 
-__all__ = ["RedisWorker", "WorkerStatus", "StopReport", "RedisJob", "current_redis_job"]
+__all__ = ["RedisWorker", "WorkerStatus", "StopReport", "RedisJob", "current_redis_job", "socket_timeout_for"]
 
 log = logging.getLogger("engine.redis")
 
@@ -75,6 +75,13 @@ _FLUSH_BATCH = 1000
 _RECONNECT_BASE_S = 0.1
 _RECONNECT_CAP_S = 5.0
 _STILL_DOWN_LOG_S = 30.0
+
+
+def socket_timeout_for(lease_s: float, heartbeat_s: float) -> float:
+    """The Redis socket timeout a worker with these intervals should use: at most 5 s, and
+    short enough that a heartbeat which waits a full timeout, twice, still renews its leases
+    in time (``heartbeat_s + 2 * socket_timeout_s <= lease_s``). Thread-safe (pure)."""
+    return min(5.0, (lease_s - heartbeat_s) / 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +201,9 @@ class RedisWorker:
             decides how many retries it gets.
         lease_s: how long a fetched job stays leased without a heartbeat; a job whose worker
             dies is run again after at most this long.
-        heartbeat_s: seconds between heartbeats (lease renewals); below ``lease_s / 2``.
+        heartbeat_s: seconds between heartbeats (lease renewals); below ``lease_s / 2``, and
+            ``heartbeat_s + 2 * queue.socket_timeout_s <= lease_s`` (see
+            :func:`socket_timeout_for`; a queue built from a URL here gets that timeout).
         heartbeat_ttl_s: how long a silent worker's heartbeat stays visible to dashboards.
         prefetch: jobs fetched beyond ``max_workers``, so threads never wait for a round trip;
             the fetcher refills once half of it is free. Default: ``2 * max_workers``. Lower it
@@ -249,6 +258,15 @@ class RedisWorker:
                 f"heartbeat_s ({heartbeat_s:g}) must be below lease_s / 2 ({lease_s / 2:g}) so leases are "
                 "renewed before they expire"
             )
+        if isinstance(queue, RedisQueue):
+            socket_s = queue.socket_timeout_s
+            if heartbeat_s + 2 * socket_s > lease_s:
+                raise ConfigError(
+                    f"the queue's socket_timeout_s ({socket_s:g}) is too long for lease_s ({lease_s:g}) and "
+                    f"heartbeat_s ({heartbeat_s:g}): a heartbeat may wait that long for Redis, twice, and must "
+                    f"still renew the lease in time; need heartbeat_s + 2 * socket_timeout_s <= lease_s, e.g. "
+                    f"RedisQueue(..., socket_timeout_s={socket_timeout_for(lease_s, heartbeat_s):g})"
+                )
         if prefetch is not None and (not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0):
             raise ConfigError(f"prefetch must be None or an int >= 0; got {prefetch!r}")
         if retry is None:
@@ -260,7 +278,8 @@ class RedisWorker:
         if isinstance(queue, RedisQueue):
             self.queue = queue
         elif isinstance(queue, str):
-            self.queue = RedisQueue(queue, queue=queue_name, prefix=prefix, clock=self._clock)
+            self.queue = RedisQueue(queue, queue=queue_name, prefix=prefix, clock=self._clock,
+                                    socket_timeout_s=socket_timeout_for(lease_s, heartbeat_s))
         else:
             raise ConfigError(f"queue must be a RedisQueue or a Redis URL; got {queue!r}")
         self._local = Dispatcher(

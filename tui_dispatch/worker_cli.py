@@ -4,7 +4,8 @@ Usage::
 
     tui-dispatch worker --redis URL --tasks MODULE[:ATTR] [--queue NAME] [--prefix PREFIX]
                         [--min-workers N] [--max-workers N] [--no-autoscale] [--prefetch N]
-                        [--lease-s S] [--heartbeat-s S] [--retry-base-s S] [--retry-factor F]
+                        [--lease-s S] [--heartbeat-s S] [--socket-timeout-s S] [--poll-s S]
+                        [--retry-base-s S] [--retry-factor F]
                         [--retry-cap-s S] [--retry-jitter none|full|equal] [--log-level LEVEL]
 
 (also ``python -m tui_dispatch.worker_cli ...``). ``--tasks`` names a module holding a
@@ -38,7 +39,7 @@ from types import FrameType, ModuleType
 
 from engine import BrokerUnavailable, ConfigError, RetryPolicy, TaskRegistry, cancel_token
 from engine.brokers.redis import RedisQueue
-from engine.redis_worker import RedisWorker, StopReport
+from engine.redis_worker import RedisWorker, StopReport, socket_timeout_for
 from tui_dispatch.fleet_source import DEMO_TASK
 
 __all__ = ["main", "build_parser", "load_tasks", "TasksError", "demo_tasks", "DemoFailure"]
@@ -99,6 +100,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                    help="how long a job stays leased without a heartbeat (default: %(default)s)")
     p.add_argument("--heartbeat-s", type=_positive, default=1.0, metavar="S",
                    help="seconds between heartbeats; below --lease-s / 2 (default: %(default)s)")
+    p.add_argument("--socket-timeout-s", type=_positive, default=None, metavar="S",
+                   help="Redis read/write timeout; heartbeat + 2 x this must fit in --lease-s "
+                        "(default: min(5, (lease - heartbeat) / 2))")
     p.add_argument("--poll-s", type=_positive, default=0.5, metavar="S",
                    help="longest idle wait on Redis before looking again (default: %(default)s)")
     p.add_argument("--retry-base-s", type=_non_negative, default=0.1, metavar="S",
@@ -164,7 +168,9 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
         tasks = load_tasks(args.tasks)
         retry = RetryPolicy(base_s=args.retry_base_s, factor=args.retry_factor, cap_s=args.retry_cap_s,
                             jitter=args.retry_jitter)
-        queue = RedisQueue(args.redis, queue=args.queue, prefix=args.prefix)
+        socket_s = (args.socket_timeout_s if args.socket_timeout_s is not None
+                    else max(0.01, socket_timeout_for(args.lease_s, args.heartbeat_s)))
+        queue = RedisQueue(args.redis, queue=args.queue, prefix=args.prefix, socket_timeout_s=socket_s)
         worker = RedisWorker(
             queue, tasks, min_workers=args.min_workers,
             max_workers=args.max_workers if args.max_workers is not None else None,

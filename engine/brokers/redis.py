@@ -683,7 +683,9 @@ class RedisQueue:
         Raises:
             BrokerUnavailable: Redis cannot be reached.
         """
-        timeout_s = max(0.01, min(float(timeout_s), self.socket_timeout_s - 0.5))
+        # The server answers after timeout_s: leave the socket timeout room for the reply.
+        margin = min(0.5, self.socket_timeout_s / 2)
+        timeout_s = max(0.01, min(float(timeout_s), self.socket_timeout_s - margin))
         keys = [self.base + "wake"]
         if worker_id is not None:
             keys.append(self.base + "wake:" + worker_id)

@@ -24,7 +24,7 @@ from engine import (
 )
 from engine.brokers.redis import RedisQueue
 from engine.fleet import FleetView
-from engine.redis_worker import RedisWorker
+from engine.redis_worker import RedisWorker, socket_timeout_for
 from tests.redis.conftest import WAIT_S, eventually
 
 WALL = 1_700_000_000.0
@@ -38,11 +38,12 @@ def make_worker(redis_url: str, prefix: str) -> Iterator[MakeWorker]:
     made: list[tuple[RedisWorker, RedisQueue]] = []
 
     def make(tasks: TaskRegistry, *, max_retries: int = 3, clock: Any = None, **options: Any) -> tuple[RedisWorker, RedisQueue]:
-        queue = RedisQueue(redis_url, prefix=prefix, max_retries=max_retries, clock=clock)
         settings: dict[str, Any] = dict(min_workers=2, max_workers=2, autoscale=False, lease_s=5.0,
                                         heartbeat_s=0.1, poll_s=0.1, log_interval_s=0,
                                         retry=RetryPolicy(base_s=0.001, cap_s=0.01), clock=clock)
         settings.update(options)
+        queue = RedisQueue(redis_url, prefix=prefix, max_retries=max_retries, clock=clock,
+                           socket_timeout_s=socket_timeout_for(settings["lease_s"], settings["heartbeat_s"]))
         worker = RedisWorker(queue, tasks, **settings)
         made.append((worker, queue))
         return worker, queue
@@ -352,8 +353,22 @@ def test_bad_worker_settings_are_named(redis_url: str, prefix: str) -> None:
             RedisWorker(queue, {}, lease_s=10)  # type: ignore[arg-type]
         with pytest.raises(ConfigError, match="prefetch must be None or an int >= 0"):
             RedisWorker(queue, TaskRegistry(), prefetch=-1)
+        # The queue's default socket timeout (5 s) does not fit a 9 s lease with 1 s heartbeats.
+        with pytest.raises(ConfigError, match=r"socket_timeout_s \(5\) is too long for lease_s \(9\).*"
+                           r"heartbeat_s \+ 2 \* socket_timeout_s <= lease_s.*socket_timeout_s=4\)"):
+            RedisWorker(queue, TaskRegistry(), heartbeat_s=1, lease_s=9)
+        RedisWorker(queue, TaskRegistry(), heartbeat_s=1, lease_s=11).stop()  # 1 + 2 * 5 fits
     finally:
         queue.close()
+
+
+def test_a_worker_built_from_a_url_gets_a_socket_timeout_that_fits_its_lease(redis_url: str, prefix: str) -> None:
+    worker = RedisWorker(redis_url, TaskRegistry(), prefix=prefix, lease_s=2.0, heartbeat_s=0.4)
+    try:
+        assert worker.queue.socket_timeout_s == pytest.approx(0.8) == socket_timeout_for(2.0, 0.4)
+    finally:
+        worker.stop()
+    assert socket_timeout_for(30.0, 1.0) == 5.0
 
 
 def test_a_task_can_see_its_fleet_wide_attempt(make_worker: MakeWorker) -> None:

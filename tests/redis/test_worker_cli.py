@@ -49,6 +49,8 @@ def test_load_tasks_names_the_problem(target: str, needle: str) -> None:
         (["--redis", "redis://127.0.0.1:1", "--tasks", "no_such_module_xyz"], "cannot import"),
         (["--redis", "redis://127.0.0.1:1", "--lease-s", "1", "--heartbeat-s", "1"],
          "heartbeat_s (1) must be below lease_s / 2"),
+        (["--redis", "redis://127.0.0.1:1", "--lease-s", "4", "--heartbeat-s", "1", "--socket-timeout-s", "2"],
+         "socket_timeout_s (2) is too long for lease_s (4)"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
