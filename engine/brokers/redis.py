@@ -74,6 +74,7 @@ _TASK_NAME = TaskRegistry._NAME
 _SCHEMES = ("redis", "rediss", "unix")
 _CHUNK = 1000  # jobs per enqueue script call
 _SCAN = 1000  # most retries promoted / leases reclaimed per fetch
+_DLQ_CHUNK = 1000  # DLQ entries requeued / purged per script call
 _ARGS_REPR = reprlib.Repr()
 _ARGS_REPR.maxstring = 80
 _ARGS_REPR.maxother = 80
@@ -997,13 +998,16 @@ class RedisQueue:
     def dlq_requeue_all(self) -> list[int]:
         """Send every DLQ entry back to the ready list, oldest first. Thread-safe.
 
+        Works in chunks of 1000 entries (one atomic script call each), so a huge DLQ never
+        blocks Redis for long; entries dead-lettered after the call began are left alone.
+
         Returns:
             The requeued ids.
 
         Raises:
-            BrokerUnavailable: Redis cannot be reached.
+            BrokerUnavailable: Redis cannot be reached; earlier chunks may have been requeued.
         """
-        return [int(i) for i in self._run("dlq", (repr(self._now()), "requeue", "all"))]
+        return self._dlq_chunked("requeue")
 
     def dlq_delete(self, job_id: int) -> DeadLetter:
         """Remove one DLQ entry for good, returning it. Thread-safe.
@@ -1018,8 +1022,29 @@ class RedisQueue:
         return entry
 
     def dlq_purge(self) -> int:
-        """Remove every DLQ entry; returns how many. Thread-safe. Raises :class:`BrokerUnavailable`."""
-        return len(self._run("dlq", (repr(self._now()), "delete", "all")))
+        """Remove every DLQ entry; returns how many. Thread-safe.
+
+        In chunks, as :meth:`dlq_requeue_all`; entries dead-lettered after the call began stay.
+
+        Raises:
+            BrokerUnavailable: Redis cannot be reached; earlier chunks may have been removed.
+        """
+        return len(self._dlq_chunked("delete"))
+
+    def _dlq_chunked(self, command: str) -> list[int]:
+        try:
+            newest = self._redis.zrange(self.base + "dlq", -1, -1, withscores=True)
+        except redis.exceptions.RedisError as exc:
+            raise self._unavailable(exc) from exc
+        if not newest:
+            return []
+        upto = repr(float(newest[0][1]))  # DLQ scores are a sequence: later entries score higher
+        done: list[int] = []
+        while True:
+            chunk = self._run("dlq", (repr(self._now()), command, "upto", upto, _DLQ_CHUNK))
+            done.extend(int(i) for i in chunk)
+            if len(chunk) < _DLQ_CHUNK:
+                return done
 
     # -- administration --------------------------------------------------------------------------
     def clear(self) -> int:

@@ -1,11 +1,13 @@
--- DLQ commands. ARGV: base, now, command, then 'all' or ids.
+-- DLQ commands. ARGV: base, now, command, then either 'upto', max_score, limit (the oldest
+-- `limit` entries whose DLQ sequence number is at most max_score: callers act on a whole DLQ in
+-- chunks, so no single call blocks Redis for long) or ids.
 --   requeue: back to the end of ready with fresh attempts (counted as submitted + requeued).
 --   delete:  dropped for good.
 -- Returns the ids acted on, oldest first.
 local now, command = ARGV[2], ARGV[3]
 local ids
-if ARGV[4] == 'all' then
-  ids = redis.call('ZRANGE', DLQ, 0, -1)
+if ARGV[4] == 'upto' then
+  ids = redis.call('ZRANGEBYSCORE', DLQ, '-inf', ARGV[5], 'LIMIT', 0, tonumber(ARGV[6]))
 else
   ids = {}
   for i = 4, #ARGV do

@@ -183,3 +183,43 @@ def test_config_errors_never_quote_the_password(url: str) -> None:
     with pytest.raises(ConfigError) as info:
         RedisQueue(url)
     assert "s3cret" not in str(info.value) and "***" in str(info.value)
+
+
+# -- requeue-all and purge work in chunks, on the entries present when they began ------------------
+def _dead_letters(queue: RedisQueue, n: int) -> list[int]:
+    ids = queue.submit_many("t", [(i,) for i in range(n)], max_retries=0)
+    ds = queue.fetch("w", n, lease_s=60.0).deliveries
+    entry = dead_letter_entry(exc_type="E", exc_message="m", traceback="", attempts=1, reason="r",
+                              last_failure_at=WALL)
+    assert queue.settle([Outcome.dead(d.job_id, d.token, entry=entry) for d in ds]).accepted == n
+    return ids
+
+
+@pytest.mark.parametrize("command", ["requeue", "purge"])
+def test_dlq_requeue_all_and_purge_go_in_chunks_and_leave_later_entries(
+    command: str, queue: RedisQueue, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = _dead_letters(queue, 2500)
+    late = queue.submit("t")
+    [held] = queue.fetch("w", 1, lease_s=60.0).deliveries
+    calls: list[int] = []
+    real_run = queue._run
+
+    def counting_run(script: str, args: Any) -> Any:
+        reply = real_run(script, args)
+        if script == "dlq":
+            calls.append(len(reply))
+            if len(calls) == 1:  # a job dead-lettered while the command is under way
+                queue.settle([Outcome.dead(held.job_id, held.token, entry="{}")])
+        return reply
+
+    monkeypatch.setattr(queue, "_run", counting_run)
+    if command == "requeue":
+        assert queue.dlq_requeue_all() == ids
+        assert raw.lrange(queue.base + "ready", 0, -1) == [str(i) for i in ids]
+        assert queue.counters()["requeued"] == 2500
+    else:
+        assert queue.dlq_purge() == 2500
+        assert raw.exists(queue.base + f"job:{ids[0]}", queue.base + f"job:{ids[-1]}") == 0
+    assert calls == [1000, 1000, 500]
+    assert [e.job_id for e in queue.dlq_list()] == [late]
