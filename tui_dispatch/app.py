@@ -29,7 +29,7 @@ from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Grid
-from textual.reactive import reactive
+from textual.reactive import var
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer
@@ -131,9 +131,9 @@ class DashboardApp(App[None]):
         for c in COMMANDS
     ] + [Binding("ctrl+q", "quit", "Quit", show=False, priority=True)]
 
-    snapshot: reactive[Snapshot | None] = reactive(None, init=False)
+    snapshot: var[Snapshot | None] = var(None, init=False)
     """The latest snapshot; every panel shows a part of it."""
-    refresh_s: reactive[float] = reactive(0.25, init=False)
+    refresh_s: var[float] = var(0.25, init=False)
     """Seconds between polls."""
 
     def __init__(

@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from textual.widgets import Label
 
 from engine import (
     Dispatcher,
@@ -21,6 +20,7 @@ from engine import (
 )
 from tui_dispatch.app import make_app
 from tui_dispatch.source import FixedSource, LiveSource, Source
+from tui_dispatch.widgets._text import LiveText
 
 from .conftest import quiesce, wait_until
 
@@ -234,9 +234,7 @@ async def test_keys_drive_a_live_engine(dispatcher: Dispatcher) -> None:
             await pilot.press("s")
             await pilot.pause()
             await pilot.press("y")
-            await wait_until(
-                pilot, lambda: "STOPPED" in str(app.query_one("#state", Label).render())
-            )
+            await wait_until(pilot, lambda: "STOPPED" in app.query_one("#state", LiveText).markup)
             assert dispatcher.state is EngineState.STOPPED
     finally:
         source.close()

@@ -31,6 +31,7 @@ from tui_dispatch.scenarios import (
 from tui_dispatch.screens import ConfirmScreen, DlqDetailScreen, HelpScreen
 from tui_dispatch.source import FixedSource
 from tui_dispatch.widgets import PAGE_SIZE, DlqPanel, EngineHeader, EventLog, WorkerList
+from tui_dispatch.widgets._text import LiveText
 
 from .conftest import quiesce, wait_until
 
@@ -53,7 +54,7 @@ def commands(source: FixedSource) -> list[tuple[str, tuple[Any, ...]]]:
 
 
 def header_state(app: DashboardApp) -> str:
-    return str(app.query_one("#state", Label).render())
+    return app.query_one("#state", LiveText).markup
 
 
 def record_notifications(app: DashboardApp) -> None:
@@ -215,7 +216,7 @@ async def test_plus_and_minus_move_max_workers() -> None:
         await pilot.press("minus")
         await quiesce(pilot)
         assert commands(source)[-1] == ("set_limits", (None, 9))
-        assert "max 9" in str(pilot.app.query_one("#pool", Label).render())
+        assert "max 9" in pilot.app.query_one("#pool", LiveText).markup
 
 
 async def test_minus_takes_min_workers_down_with_max() -> None:
@@ -416,7 +417,7 @@ async def test_drain_progress_counts_down_the_unfinished_jobs() -> None:
     async with running(FixedSource(snaps)) as pilot:
         bar = pilot.app.query_one("#drain-bar", ProgressBar)
         assert (bar.total, bar.progress) == (1000, 750)
-        assert "250 left" in str(pilot.app.query_one("#drain-left", Label).render())
+        assert "250 left" in pilot.app.query_one("#drain-left", LiveText).markup
 
 
 async def test_capital_k_stops_now_after_asking() -> None:

@@ -7,7 +7,7 @@ from collections import deque
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
-from textual.reactive import reactive
+from textual.reactive import var
 from textual.widgets import Static
 
 from engine import EngineState, ScaleEvent, Snapshot, format_log_line
@@ -85,7 +85,7 @@ class EventLog(VerticalScroll):
     until the user scrolls up.
     """
 
-    snapshot: reactive[Snapshot | None] = reactive(None, init=False)
+    snapshot: var[Snapshot | None] = var(None, init=False)
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)

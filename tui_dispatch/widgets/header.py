@@ -5,11 +5,12 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.markup import escape
-from textual.reactive import reactive
-from textual.widgets import Label, ProgressBar
+from textual.reactive import var
+from textual.widgets import ProgressBar
 
 from engine import EngineState, Snapshot
 from tui_dispatch.widgets._format import count, uptime
+from tui_dispatch.widgets._text import LiveText
 
 __all__ = ["EngineHeader"]
 
@@ -28,23 +29,23 @@ class EngineHeader(Horizontal):
         drain_total: unfinished jobs when draining was first seen (the progress bar's total).
     """
 
-    snapshot: reactive[Snapshot | None] = reactive(None, init=False)
-    label: reactive[str] = reactive("", init=False)
+    snapshot: var[Snapshot | None] = var(None, init=False)
+    label: var[str] = var("", init=False)
     """What is being watched (the source's label) and the refresh rate."""
-    error: reactive[str] = reactive("", init=False)
+    error: var[str] = var("", init=False)
     """The last error reading the source, or "" when the last poll worked."""
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.drain_total = 0
         # Children are made here so that a snapshot arriving before they mount still lands.
-        self._state = Label("connecting…", id="state")
-        self._uptime = Label("", id="uptime")
-        self._pool = Label("", id="pool")
+        self._state = LiveText("connecting…", id="state")
+        self._uptime = LiveText(id="uptime")
+        self._pool = LiveText(id="pool")
         self._drain_bar = ProgressBar(total=None, show_eta=False, id="drain-bar")
-        self._drain_left = Label("", id="drain-left")
+        self._drain_left = LiveText(id="drain-left")
         self._drain = Horizontal(self._drain_bar, self._drain_left, id="drain")
-        self._source_label = Label("", id="source-label")
+        self._source_label = LiveText(id="source-label")
 
     def compose(self) -> ComposeResult:
         yield self._state
@@ -62,20 +63,20 @@ class EngineHeader(Horizontal):
     def _show_label(self) -> None:
         widget = self._source_label
         if self.error:
-            widget.update(f"[$text-error]⚠ {escape(self.error)}[/]")
+            widget.show(f"[$text-error]⚠ {escape(self.error)}[/]")
         else:
-            widget.update(escape(self.label))
+            widget.show(escape(self.label))
         widget.set_class(bool(self.error), "-error")
 
     def watch_snapshot(self, snap: Snapshot | None) -> None:
         if snap is None:
             return
         state = self._state
-        state.update(f"{_MARK[snap.state]} {snap.state.value.upper()}")
+        state.show(f"{_MARK[snap.state]} {snap.state.value.upper()}")
         for name in EngineState:
             state.set_class(snap.state is name, f"-{name.value}")
-        self._uptime.update(f"up [b]{uptime(snap.uptime_s)}[/b]")
-        self._pool.update(
+        self._uptime.show(f"up [b]{uptime(snap.uptime_s)}[/b]")
+        self._pool.show(
             f"workers [b]{snap.workers_total}[/b] [dim](min {snap.min_workers} · max {snap.max_workers})[/dim]"
         )
         drain = self._drain
@@ -86,6 +87,6 @@ class EngineHeader(Horizontal):
             self._drain_bar.update(
                 total=max(1, self.drain_total), progress=self.drain_total - snap.unfinished
             )
-            self._drain_left.update(f"{count(snap.unfinished)} left")
+            self._drain_left.show(f"{count(snap.unfinished)} left")
         else:
             self.drain_total = 0

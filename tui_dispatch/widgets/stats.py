@@ -11,13 +11,13 @@ from collections import deque
 
 from textual.app import ComposeResult
 from textual.containers import Grid, Horizontal, Vertical
-from textual.content import Content
 from textual.markup import escape
-from textual.reactive import reactive
-from textual.widgets import Sparkline, Static
+from textual.reactive import var
+from textual.widgets import Sparkline
 
 from engine import Snapshot
 from tui_dispatch.widgets._format import count, duration
+from tui_dispatch.widgets._text import LiveText
 
 __all__ = [
     "COUNTERS",
@@ -126,30 +126,17 @@ def retry_lines(snap: Snapshot) -> tuple[str, str]:
     return by_attempt, "\n".join(due)
 
 
-class _Text(Static):
-    """A Static that repaints only when its markup changes."""
-
-    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
-        super().__init__("", id=id, classes=classes)
-        self._markup = ""
-
-    def set_markup(self, markup: str) -> None:
-        if markup != self._markup:
-            self._markup = markup
-            self.update(Content.from_markup(markup))
-
-
 class QueuePanel(Vertical):
     """Backlog depth now and over time, the retries waiting, the oldest wait."""
 
-    snapshot: reactive[Snapshot | None] = reactive(None, init=False)
+    snapshot: var[Snapshot | None] = var(None, init=False)
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.history = History()
-        self._now = _Text(id="queue-now")
+        self._now = LiveText(id="queue-now")
         self._spark = Sparkline(self.history.values, id="backlog-spark")
-        self._more = _Text(id="queue-more")
+        self._more = LiveText(id="queue-more")
 
     def compose(self) -> ComposeResult:
         yield self._now
@@ -163,8 +150,8 @@ class QueuePanel(Vertical):
         if snap is None:
             return
         now, more = queue_lines(snap)
-        self._now.set_markup(now)
-        self._more.set_markup(more)
+        self._now.show(now)
+        self._more.show(more)
         if self.history.push(snap.taken_at, snap.backlog):
             self._spark.data = self.history.values
 
@@ -172,15 +159,17 @@ class QueuePanel(Vertical):
 class ThroughputPanel(Vertical):
     """Jobs per second now and over time, latency percentiles, the counters."""
 
-    snapshot: reactive[Snapshot | None] = reactive(None, init=False)
+    snapshot: var[Snapshot | None] = var(None, init=False)
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.history = History()
-        self._rate = _Text(id="rate")
+        self._rate = LiveText(id="rate")
         self._spark = Sparkline(self.history.values, id="rate-spark")
-        self._latency = _Text(id="latency")
-        self._counters = {name: _Text(id=f"count-{name}", classes="counter") for name in COUNTERS}
+        self._latency = LiveText(id="latency")
+        self._counters = {
+            name: LiveText(id=f"count-{name}", classes="counter") for name in COUNTERS
+        }
 
     def compose(self) -> ComposeResult:
         yield Horizontal(self._rate, self._spark, id="rate-row")
@@ -193,10 +182,10 @@ class ThroughputPanel(Vertical):
     def watch_snapshot(self, snap: Snapshot | None) -> None:
         if snap is None:
             return
-        self._rate.set_markup(f"[b]{count(round(snap.throughput_per_s))}[/b] jobs/s")
-        self._latency.set_markup(latency_lines(snap))
+        self._rate.show(f"[b]{count(round(snap.throughput_per_s))}[/b] jobs/s")
+        self._latency.show(latency_lines(snap))
         for name, value in zip(COUNTERS, counter_values(snap), strict=True):
-            self._counters[name].set_markup(f"{name} [b]{value}[/b]")
+            self._counters[name].show(f"{name} [b]{value}[/b]")
         if self.history.push(snap.taken_at, snap.throughput_per_s):
             self._spark.data = self.history.values
 
@@ -204,12 +193,12 @@ class ThroughputPanel(Vertical):
 class RetriesPanel(Vertical):
     """Retries by retry number, and the retries due soonest."""
 
-    snapshot: reactive[Snapshot | None] = reactive(None, init=False)
+    snapshot: var[Snapshot | None] = var(None, init=False)
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
-        self._counts = _Text(id="retry-counts")
-        self._next = _Text(id="retry-next")
+        self._counts = LiveText(id="retry-counts")
+        self._next = LiveText(id="retry-next")
 
     def compose(self) -> ComposeResult:
         yield self._counts
@@ -222,8 +211,8 @@ class RetriesPanel(Vertical):
         if snap is None:
             return
         by_attempt, due = retry_lines(snap)
-        self._counts.set_markup(by_attempt)
-        self._next.set_markup(due)
+        self._counts.show(by_attempt)
+        self._next.show(due)
         self.border_subtitle = (
             f"{count(snap.scheduled)} scheduled · {count(snap.counters.retries)} total"
         )

@@ -9,7 +9,7 @@ from rich.style import Style
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.geometry import Size
-from textual.reactive import reactive
+from textual.reactive import var
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
@@ -137,7 +137,7 @@ class WorkerList(ScrollView, can_focus=True):
 class WorkersPanel(Vertical):
     """The workers panel: a title with the counts, and the :class:`WorkerList`."""
 
-    snapshot: reactive[Snapshot | None] = reactive(None, init=False)
+    snapshot: var[Snapshot | None] = var(None, init=False)
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)

@@ -1,0 +1,222 @@
+"""What the dashboard costs the engine: W1 throughput with the dashboard attached vs without.
+
+W1 is 100,000 no-op jobs on 4 workers, autoscaling off, submitted with ``submit_many`` and
+waited for with ``Dispatcher.join``. The two sides run the very same code; on the dashboard
+side a headless ``tui_dispatch`` app (``App.run_test``, 160x48) watches the engine through a
+``LiveSource`` and polls it at its default rate while the jobs run. The clock covers submission
+and the wait, not the app's start-up.
+
+Every run is a fresh interpreter (``bench._util.run_child``); the sides alternate (A B A B ...)
+so a slow spell of the machine hits both. The goal is a ratio >= 0.9: the screen costs the
+engine under 10 % of its throughput.
+
+Usage::
+
+    python -m bench.tui_overhead [--reps N] [--quick] [--json PATH] [--jobs N]
+    python -m bench tui_overhead
+
+Runs on the main thread only.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from bench._util import (
+    Summary,
+    check_reps,
+    common_parser,
+    engine_revision,
+    machine_info,
+    markdown_table,
+    run_child_undisturbed,
+    write_json,
+)
+
+MODULE = "tui_overhead"
+JOBS = 100_000
+WORKERS = 4
+TERMINAL = (160, 48)
+GOAL = 0.9
+WAIT_TIMEOUT_S = 300.0
+
+__all__ = ["main", "w1_plain", "w1_with_dashboard"]
+
+
+def noop() -> None:
+    """The W1 job."""
+
+
+def _make_dispatcher(workers: int) -> Any:
+    from engine import Dispatcher
+
+    return Dispatcher(min_workers=workers, max_workers=workers, autoscale=False, log_interval_s=0)
+
+
+def _run_w1(dispatcher: Any, n: int) -> float:
+    """Submit ``n`` no-op jobs, wait for all of them; returns the seconds it took."""
+    started = time.perf_counter()
+    handles = dispatcher.submit_many(noop, [()] * n)
+    if not dispatcher.join(timeout_s=WAIT_TIMEOUT_S):
+        raise RuntimeError(f"the dispatcher did not settle within {WAIT_TIMEOUT_S:g} s")
+    elapsed = time.perf_counter() - started
+    failed = sum(1 for h in handles if h.exception() is not None)
+    if failed:
+        raise RuntimeError(f"{failed} of {n} no-op jobs failed")
+    return elapsed
+
+
+# --------------------------------------------------------------------------------------------
+# Child-side runs: each is called in a fresh interpreter by run_child and returns a dict.
+
+
+def w1_plain(n: int, workers: int) -> dict[str, Any]:
+    """W1 with nothing watching."""
+    d = _make_dispatcher(workers)
+    try:
+        elapsed = _run_w1(d, n)
+    finally:
+        d.shutdown(wait=True)
+    return {"elapsed_s": elapsed, "jobs_per_s": n / elapsed}
+
+
+class _NoBursts:
+    """The benchmark submits its own jobs; the burst keys are never pressed."""
+
+    def submit_burst(self, dispatcher: Any, n: int, *, failing: bool = False) -> int:
+        raise RuntimeError("no bursts in this benchmark")
+
+
+def w1_with_dashboard(n: int, workers: int, refresh_s: float | None = None) -> dict[str, Any]:
+    """W1 while a headless dashboard polls the engine (``refresh_s``: None for the default)."""
+    import asyncio
+
+    import anyio.to_thread
+
+    from tui_dispatch.app import make_app
+    from tui_dispatch.source import LiveSource
+
+    d = _make_dispatcher(workers)
+    source = LiveSource(d, _NoBursts())
+    app = make_app(source) if refresh_s is None else make_app(source, refresh_s=refresh_s)
+    out: dict[str, Any] = {}
+
+    async def run() -> None:
+        async with app.run_test(headless=True, size=TERMINAL) as pilot:
+            await pilot.pause()
+            polls_before = app.polls
+            # The jobs are submitted and waited for on a worker thread, as the app's own burst
+            # keys do, so the app's event loop keeps polling and painting meanwhile.
+            elapsed = await anyio.to_thread.run_sync(_run_w1, d, n)
+            out["elapsed_s"] = elapsed
+            out["jobs_per_s"] = n / elapsed
+            out["polls"] = app.polls - polls_before
+            out["refresh_s"] = app.refresh_s
+            snap = app.snapshot
+            out["last_seen_succeeded"] = snap.counters.succeeded if snap is not None else 0
+
+    try:
+        asyncio.run(run())
+    finally:
+        source.close()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Parent side
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run both sides ``--reps`` times, alternating, and print the ratio. Main thread only."""
+    parser = common_parser(
+        "W1 throughput with the dashboard attached (headless, default refresh) vs without.",
+        prog=f"python -m bench {MODULE}",
+    )
+    parser.add_argument("--jobs", type=int, default=JOBS, help=f"jobs per run (default {JOBS:,})")
+    parser.add_argument(
+        "--max-others",
+        type=float,
+        default=0.10,
+        metavar="FRACTION",
+        help="repeat a run (up to 3 tries) when other processes used more than this share of "
+        "the CPUs during it; 1 turns the check off (default 0.10)",
+    )
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    reps = check_reps(args, parser)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be an integer >= 1; got {args.jobs}")
+    max_others = 1.0 if args.max_others >= 1 else args.max_others
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    load_before = os.getloadavg()
+    if load_before[0] > 0.5:
+        log(f"warning: load average {load_before[0]:.2f}: other processes will disturb the numbers")
+    kwargs = {"n": args.jobs, "workers": WORKERS}
+    plain: list[dict[str, Any]] = []
+    dash: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for rep in range(1, reps + 1):
+        for name, runs in (("w1_plain", plain), ("w1_with_dashboard", dash)):
+            result = run_child_undisturbed(MODULE, name, kwargs, max_others=max_others)
+            runs.append(result)
+            log(
+                f"rep {rep}/{reps} {name}: {result['jobs_per_s']:,.0f} jobs/s "
+                f"(others {result['others_cpu']:.0%}, tries {result['tries']})"
+            )
+    plain_rate = Summary.of([r["jobs_per_s"] for r in plain])
+    dash_rate = Summary.of([r["jobs_per_s"] for r in dash])
+    ratios = Summary.of(
+        [d["jobs_per_s"] / p["jobs_per_s"] for p, d in zip(plain, dash, strict=True)]
+    )
+    ratio = dash_rate.median / plain_rate.median
+    results = {
+        "module": MODULE,
+        "command": " ".join(sys.orig_argv),
+        "machine": machine_info(),
+        "reps": reps,
+        "jobs": args.jobs,
+        "workers": WORKERS,
+        "terminal": TERMINAL,
+        "engine_rev": engine_revision(),
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "wall_s": time.perf_counter() - started,
+        "plain_jobs_per_s": plain_rate.to_dict(),
+        "dashboard_jobs_per_s": dash_rate.to_dict(),
+        "ratio_of_medians": ratio,
+        "ratio_per_pair": ratios.to_dict(),
+        "goal": GOAL,
+        "meets_goal": ratio >= GOAL,
+        "polls_per_run": [r["polls"] for r in dash],
+        "raw": {"plain": plain, "dashboard": dash},
+    }
+    if args.json != "-":
+        table = markdown_table(
+            ["side", "jobs/s median (min-max)", "runs"],
+            [
+                ["engine alone", plain_rate.fmt(), str(plain_rate.n)],
+                ["engine + dashboard", dash_rate.fmt(), str(dash_rate.n)],
+            ],
+        )
+        print(f"W1: {args.jobs:,} no-op jobs, {WORKERS} workers, autoscale off")
+        print(table)
+        print(
+            f"ratio (dashboard / alone): {ratio:.3f} (per pair {ratios.fmt('.3f')}); "
+            f"goal >= {GOAL}: {'met' if ratio >= GOAL else 'NOT met'}"
+        )
+        print(
+            f"dashboard polls per run: {results['polls_per_run']} at every {dash[0]['refresh_s']:g}s"
+        )
+    if args.json:
+        write_json(args.json, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

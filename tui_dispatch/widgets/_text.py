@@ -1,0 +1,44 @@
+"""A text widget that costs nothing when its text is unchanged, and little when only digits move."""
+
+from __future__ import annotations
+
+from textual.content import Content
+from textual.widgets import Static
+
+__all__ = ["LiveText"]
+
+
+class LiveText(Static):
+    """A :class:`Static` showing markup, updated with :meth:`show`.
+
+    The dashboard rewrites its figures several times a second. Unchanged markup costs nothing;
+    markup whose lines keep their lengths (a counter going from 1,204 to 1,377) is repainted
+    without a layout pass, as long as no line needs wrapping. Anything else re-lays-out.
+    """
+
+    def __init__(
+        self, markup: str = "", *, id: str | None = None, classes: str | None = None
+    ) -> None:
+        super().__init__(Content.from_markup(markup), id=id, classes=classes)
+        self._markup = markup
+        self._shape = self._measure(Content.from_markup(markup))
+
+    @property
+    def markup(self) -> str:
+        """The markup shown."""
+        return self._markup
+
+    @staticmethod
+    def _measure(content: Content) -> tuple[int, ...]:
+        return tuple(line.cell_length for line in content.split("\n"))
+
+    def show(self, markup: str) -> None:
+        """Show ``markup`` (UI thread only)."""
+        if markup == self._markup:
+            return
+        content = Content.from_markup(markup)
+        shape = self._measure(content)
+        fits = max(shape, default=0) <= self.content_region.width
+        same_size = self.is_mounted and shape == self._shape and fits
+        self._markup, self._shape = markup, shape
+        self.update(content, layout=not same_size)
