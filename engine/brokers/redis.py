@@ -21,6 +21,22 @@ structure and the counters always agree with the structures. Scripts never read 
 caller passes ``now`` from its injected :class:`~engine.clock.Clock` (wall-clock seconds, so
 hosts need synchronised clocks; leases and retries tolerate a skew far below ``lease_s``).
 
+Requirements and operation:
+
+* **Redis >= 6.2** (the fetch script uses ``LPOP key count``).
+* Set ``maxmemory-policy noeviction``: an evicting policy can silently drop a job's hash or a
+  structure, and with it the "every job is in exactly one structure" guarantee.
+* For jobs to survive a Redis restart, enable ``appendonly yes`` (AOF; ``appendfsync
+  everysec`` loses at most about a second). Without persistence a restart empties the queue.
+* Clocks: leases, retry due times and heartbeats use each host's wall clock, so hosts must be
+  synchronised (NTP); skew must stay well below ``lease_s / 2``.
+* Redis away for longer than a lease: a silence of the whole fleet (no fetch and no lease
+  renewal for over ``lease_s / 2``) reads as an outage, and every lease is pushed back by the
+  silence beyond that before anything is reclaimed, so live workers keep their running jobs
+  (see ``touch`` in ``redis_lib.lua``); a dead worker's lease still ends, at most ``lease_s /
+  2`` later than it would have. A worker cut off alone, while others reach Redis, is
+  indistinguishable from a dead one: its jobs run again elsewhere and its outcomes are ignored.
+
 Jobs are registered task names with JSON arguments, never pickles: whoever can write to Redis
 can make a worker run a registered task, nothing else.
 
@@ -746,10 +762,11 @@ class RedisQueue:
         Raises:
             BrokerUnavailable: Redis cannot be reached.
         """
-        argv: list[Any] = [repr(self._now() + lease_s)]
+        now = self._now()
+        argv: list[Any] = [repr(now), repr(now + lease_s)]
         for job_id, token in leases:
             argv.extend((job_id, token, "1" if token in started else "0"))
-        if len(argv) == 1:
+        if len(argv) == 2:
             return []
         return [int(job_id) for job_id in self._run("extend", argv)]
 

@@ -1,5 +1,6 @@
 -- Fetch a batch with a lease, after housekeeping. ARGV: base, now, count, lease deadline,
 -- worker id, dlq_max (0: no cap), scan limit.
+--   0. after a silence of the whole fleet longer than lease_s / 2, leases are pushed back (touch);
 --   1. retries due at or before now move from scheduled to the end of ready;
 --   2. leases that ended at or before now are lost attempts (see lease_lost);
 --   3. unless the queue is paused, up to count ids move from ready to processing, each with
@@ -9,6 +10,7 @@
 --    [[id, token, attempt, payload, enqueued_at], ...]]
 local now, count, deadline, wid = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local dlq_max, scan = tonumber(ARGV[6]), tonumber(ARGV[7])
+touch(now, (tonumber(deadline) - tonumber(now)) / 2)
 
 local due = redis.call('ZRANGEBYSCORE', SCHED, '-inf', now, 'LIMIT', 0, scan)
 if #due > 0 then

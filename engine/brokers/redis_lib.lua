@@ -20,6 +20,7 @@ local DLQ = B .. 'dlq'                -- ZSET id -> dead-letter sequence number
 local STATS = B .. 'stats'            -- HASH of fleet-wide counters
 local CONTROL = B .. 'control'        -- HASH: paused, min_workers, max_workers
 local WAKE = B .. 'wake'              -- LIST of wake-up tokens for idle fetchers
+local SEEN = B .. 'seen'              -- STRING: the latest 'now' of any fetch or lease renewal
 
 local function jkey(id)
   return B .. 'job:' .. id
@@ -51,6 +52,30 @@ local function payload_field(p, field)
     return obj[field]
   end
   return nil
+end
+
+-- Leases do not run down while nobody can reach Redis. A live fleet fetches or renews leases
+-- several times per lease (heartbeat_s < lease_s / 2, and poll_s), so a silence longer than
+-- grace = lease_s / 2 means Redis was down or unreachable for everyone (or the whole fleet
+-- was). Then every lease is pushed back by the silence beyond grace, before anything is
+-- reclaimed: the live owners get grace seconds after Redis returns to renew their leases, so a
+-- long job is not run twice only because Redis was away for longer than its lease. A dead
+-- owner's lease still ends, at most grace seconds later than it would have. Called by the
+-- scripts that reclaim or renew leases (fetch, extend), before they do.
+local function touch(now, grace)
+  local t = tonumber(now)
+  local seen = tonumber(redis.call('GET', SEEN))
+  if seen and t - seen > grace then
+    local shift = t - seen - grace
+    local leased = redis.call('ZRANGE', PROC, 0, -1, 'WITHSCORES')
+    for i = 1, #leased, 2 do
+      redis.call('ZADD', PROC, tonumber(leased[i + 1]) + shift, leased[i])
+    end
+    redis.call('HINCRBY', STATS, 'lease_pauses', 1)
+  end
+  if not seen or t > seen then
+    redis.call('SET', SEEN, now)
+  end
 end
 
 -- Move a job (already out of every other structure) into the DLQ, evicting beyond dlq_max.

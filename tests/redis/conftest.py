@@ -111,3 +111,20 @@ def eventually(predicate: Callable[[], Any], timeout_s: float = WAIT_S, what: st
         if time.monotonic() >= deadline:
             pytest.fail(f"timed out after {timeout_s}s waiting for {what or predicate}")
         pause.wait(0.01)
+
+
+def advance_live(queue: RedisQueue, clock: FakeClock, seconds: float) -> None:
+    """Advance the fake clock while the rest of the fleet stays in touch with Redis.
+
+    A silence of the whole fleet longer than half a lease reads as a Redis outage, during
+    which leases are not allowed to run down (see ``touch`` in redis_lib.lua). Tests of a
+    dead worker's lease expiring must therefore show the rest of the fleet alive: this renews
+    a lease nobody holds every second of fake time.
+    """
+    whole = int(seconds)
+    for _ in range(whole):
+        clock.advance(1.0)
+        queue.extend([(0, "fleet-alive")], lease_s=10.0)
+    if seconds > whole:
+        clock.advance(seconds - whole)
+        queue.extend([(0, "fleet-alive")], lease_s=10.0)

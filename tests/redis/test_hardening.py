@@ -27,7 +27,7 @@ from engine.brokers.redis import (
 from engine.errors import ConfigError
 from engine.fleet import FleetView
 from engine.redis_worker import RedisWorker
-from tests.redis.conftest import eventually
+from tests.redis.conftest import advance_live, eventually
 
 WALL = 1_700_000_000.0
 
@@ -223,3 +223,46 @@ def test_dlq_requeue_all_and_purge_go_in_chunks_and_leave_later_entries(
         assert raw.exists(queue.base + f"job:{ids[0]}", queue.base + f"job:{ids[-1]}") == 0
     assert calls == [1000, 1000, 500]
     assert [e.job_id for e in queue.dlq_list()] == [late]
+
+
+# -- Redis away for longer than a lease: live workers keep their running jobs -----------------------
+def test_after_a_fleet_wide_silence_longer_than_the_lease_live_leases_are_not_reclaimed(
+    queue: RedisQueue, clock: FakeClock
+) -> None:
+    queue.submit_many("t", [(1,), (2,)])
+    [running] = queue.fetch("w1", 1, lease_s=10.0).deliveries
+    assert queue.extend([(running.job_id, running.token)], lease_s=10.0, started={running.token}) == []
+    [other] = queue.fetch("w3", 1, lease_s=10.0).deliveries
+    clock.advance(40.0)  # Redis unreachable for everyone: nobody fetches or renews
+    # Whoever gets through first (here w1's heartbeat) does not let the others' leases lapse.
+    assert queue.extend([(running.job_id, running.token)], lease_s=10.0, started={running.token}) == []
+    first = queue.fetch("w2", 5, lease_s=10.0)
+    assert first.reclaimed == 0 and first.deliveries == []
+    assert queue.extend([(other.job_id, other.token)], lease_s=10.0) == []  # w3 is back too
+    assert queue.settle([Outcome.ok(running.job_id, running.token)]).accepted == 1
+    assert queue.settle([Outcome.ok(other.job_id, other.token)]).accepted == 1
+    assert queue.counters()["lease_pauses"] == 1 and "failed" not in queue.counters()
+
+
+def test_after_a_silence_a_dead_workers_lease_still_ends_half_a_lease_later(
+    queue: RedisQueue, clock: FakeClock
+) -> None:
+    job_id = queue.submit("t")
+    [d] = queue.fetch("w1", 1, lease_s=10.0).deliveries  # w1 then dies
+    clock.advance(40.0)  # the silence: its lease (due at +10) is pushed back to 5 s after it
+    assert queue.fetch("w2", 1, lease_s=10.0).reclaimed == 0
+    advance_live(queue, clock, 4.5)
+    assert queue.fetch("w2", 1, lease_s=10.0).deliveries == []
+    advance_live(queue, clock, 1.0)
+    taken = queue.fetch("w2", 1, lease_s=10.0)
+    assert taken.reclaimed == 1 and [x.job_id for x in taken.deliveries] == [job_id]
+    assert queue.settle([Outcome.ok(d.job_id, d.token)]).stale == 1
+
+
+def test_a_live_fleet_never_postpones_an_expired_lease(queue: RedisQueue, clock: FakeClock) -> None:
+    queue.submit("t")
+    queue.fetch("w1", 1, lease_s=10.0)  # w1 dies at once
+    for _ in range(10):  # the rest of the fleet fetches every second
+        clock.advance(1.0)
+        result = queue.fetch("w2", 0, lease_s=10.0)
+    assert result.reclaimed == 1 and "lease_pauses" not in queue.counters()

@@ -20,6 +20,7 @@ from engine.brokers.redis import (
     redact_url,
 )
 from engine.fleet import FleetView
+from tests.redis.conftest import advance_live
 
 WALL = 1_700_000_000.0  # the fake clock's wall time at monotonic 100
 
@@ -267,9 +268,9 @@ def test_expired_lease_is_reclaimed_and_the_late_outcome_ignored(queue: RedisQue
     queue.submit("t")
     first = queue.fetch("w1", 1, lease_s=10).deliveries[0]
     assert queue.extend([(first.job_id, first.token)], lease_s=10, started={first.token}) == []
-    clock.advance(9.999)
+    advance_live(queue, clock, 9.999)
     assert queue.fetch("w2", 1, lease_s=10).deliveries == []
-    clock.advance(0.001)
+    advance_live(queue, clock, 0.001)
     taken = queue.fetch("w2", 1, lease_s=10)
     assert taken.reclaimed == 1
     [second] = taken.deliveries
@@ -291,7 +292,7 @@ def test_a_lost_lease_of_a_job_never_reported_running_costs_no_attempt_up_to_3_t
         [d] = queue.fetch("w1", 1, lease_s=5).deliveries  # also takes back the previous lease
         assert d.attempt == 1
         queue.extend([(d.job_id, d.token)], lease_s=5)  # renewed, but never reported started
-        clock.advance(5)
+        advance_live(queue, clock, 5)
         assert "failed" not in queue.counters()
     assert queue.fetch("w1", 1, lease_s=5).deliveries == []
     # Three unstarted losses were free; the fourth counts, and with no retries left it is dead.
@@ -304,11 +305,11 @@ def test_a_lost_lease_of_a_job_never_reported_running_costs_no_attempt_up_to_3_t
 def test_heartbeat_extends_the_lease(queue: RedisQueue, clock: FakeClock) -> None:
     queue.submit_many("t", [(1,), (2,)])
     ds = queue.fetch("w1", 2, lease_s=10).deliveries
-    clock.advance(8)
+    advance_live(queue, clock, 8)
     assert queue.extend([(d.job_id, d.token) for d in ds] + [(99, "nope")], lease_s=10) == [99]
-    clock.advance(8)  # 16 s after the fetch, 8 s after the renewal
+    advance_live(queue, clock, 8)  # 16 s after the fetch, 8 s after the renewal
     assert queue.fetch("w2", 5, lease_s=10).reclaimed == 0
-    clock.advance(2)
+    advance_live(queue, clock, 2)
     assert queue.fetch("w2", 5, lease_s=10).reclaimed == 2
 
 
@@ -316,7 +317,7 @@ def test_lost_lease_without_retries_left_is_dead_lettered(queue: RedisQueue, clo
     queue.submit_job("t", max_retries=0)
     d = queue.fetch("w1", 1, lease_s=5).deliveries[0]
     queue.extend([(d.job_id, d.token)], lease_s=5, started={d.token})
-    clock.advance(5)
+    advance_live(queue, clock, 5)
     assert queue.fetch("w2", 1, lease_s=5).deliveries == []
     [dead] = queue.dlq_list()
     assert dead.exc_type == "engine.brokers.redis.LeaseExpired"

@@ -17,6 +17,7 @@ from engine import FakeClock, RetryPolicy, TaskRegistry
 from engine.brokers.redis import RedisQueue
 from engine.errors import ConfigError
 from engine.redis_worker import RedisWorker
+from tests.redis.conftest import advance_live
 
 WALL = 1_700_000_000.0
 SHORT_S = 2.0  # bound of the waits that a bug makes run out (keeps the xfails quick)
@@ -116,7 +117,7 @@ def _lose_lease_until_dead(queue: RedisQueue, clock: FakeClock) -> None:
             queue.fetch("w", 1, lease_s=5.0)
         except Exception:  # a reply the client could not decode (a bug); the script did run
             pass
-        clock.advance(6.0)
+        advance_live(queue, clock, 6.0)
     queue.fetch("w", 0, lease_s=5.0)  # reclaims the 4th expired lease
 
 
@@ -149,7 +150,7 @@ def test_a_lost_running_attempt_is_retried_whatever_the_arguments(
         assert queue.put_back([(d.job_id, d.token)], started=True) == 1
     else:
         assert queue.extend([(d.job_id, d.token)], lease_s=5.0, started={d.token}) == []
-        clock.advance(6.0)
+        advance_live(queue, clock, 6.0)
         assert queue.fetch("other", 0, lease_s=5.0).reclaimed == 1
     # 1 attempt of 4 spent: the job must be retried, not dead-lettered.
     assert queue.dlq_len() == 0, queue.dlq_list()[0].reason
@@ -168,7 +169,7 @@ def test_a_requeued_dead_letter_gets_the_free_lease_losses_of_a_fresh_job(
         assert queue.dlq_len() == 1
         queue.dlq_requeue(job_id)
         queue.fetch("w", 1, lease_s=5.0)  # prefetched by a worker that then dies before starting it
-        clock.advance(6.0)
+        advance_live(queue, clock, 6.0)
         queue.fetch("w", 0, lease_s=5.0)
         # A fresh job would be back on the ready list with no attempt spent.
         assert queue.dlq_len() == 0
