@@ -124,12 +124,17 @@ class DashboardApp(App[None]):
 
     CSS_PATH = "app.tcss"
     TITLE = "tui-dispatch"
-    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-narrow"), (120, "-wide")]
-    VERTICAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-short"), (34, "-tall")]
+    # Two or three columns; short terminals drop the panels' side borders. (Textual types these
+    # as instance variables, so a ClassVar annotation would not type-check.)
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]  # noqa: RUF012
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]  # noqa: RUF012
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding(c.keys, c.action, c.footer, show=c.show, key_display=c.key_display)
-        for c in COMMANDS
-    ] + [Binding("ctrl+q", "quit", "Quit", show=False, priority=True)]
+        *(
+            Binding(c.keys, c.action, c.footer, show=c.show, key_display=c.key_display)
+            for c in COMMANDS
+        ),
+        Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
+    ]
 
     snapshot: var[Snapshot | None] = var(None, init=False)
     """The latest snapshot; every panel shows a part of it."""

@@ -15,6 +15,7 @@ from the same :data:`~tui_dispatch.scenarios.SCENARIOS`; so ``screenshots/<name>
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import re
 import sys
 from collections.abc import Sequence
@@ -66,11 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(
             f"unknown scenario(s) {', '.join(map(repr, unknown))}; choose from {', '.join(SCENARIOS)}"
         )
-    if args.png:
-        try:
-            import cairosvg  # type: ignore[import-not-found]  # noqa: F401
-        except ImportError:
-            parser.error("--png needs cairosvg (pip install cairosvg) and the cairo library")
+    if args.png and importlib.util.find_spec("cairosvg") is None:
+        parser.error("--png needs cairosvg (pip install cairosvg) and the cairo library")
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.scenarios or SCENARIOS:
         svg = render_svg(SCENARIOS[name])

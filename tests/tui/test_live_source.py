@@ -213,7 +213,7 @@ async def test_keys_drive_a_live_engine(dispatcher: Dispatcher) -> None:
             assert workload.bursts == [(40, False), (3, True)]
             await wait_until(pilot, lambda: app.snapshot is not None and app.snapshot.dlq_size == 3)
             assert app.dlq.total == 3
-            assert app.snapshot.counters.succeeded == 40
+            assert app.snapshot is not None and app.snapshot.counters.succeeded == 40
 
             await pilot.press("p")
             await quiesce(pilot)

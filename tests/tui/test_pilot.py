@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from textual.binding import Binding
 from textual.command import CommandList, CommandPalette
 from textual.widgets import DataTable, Label, ProgressBar
 from textual.widgets._footer import FooterKey
@@ -238,7 +239,7 @@ async def test_minus_stops_at_one_worker() -> None:
 
 # -- the DLQ -------------------------------------------------------------------------------------
 async def focus_dlq(pilot: Any) -> DataTable[str]:
-    table = pilot.app.query_one("#dlq-table", DataTable)
+    table: DataTable[str] = pilot.app.query_one("#dlq-table", DataTable)
     table.focus()
     await pilot.pause()
     return table
@@ -512,7 +513,7 @@ async def test_question_mark_shows_every_key() -> None:
 
 
 def test_every_command_has_an_action_and_a_binding() -> None:
-    bound = {b.action for b in DashboardApp.BINDINGS if hasattr(b, "action")}
+    bound = {b.action for b in DashboardApp.BINDINGS if isinstance(b, Binding)}
     for c in COMMANDS:
         assert c.action in bound
         name = c.action.split("(")[0]
