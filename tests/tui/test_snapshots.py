@@ -35,3 +35,17 @@ def test_every_scenario_is_consistent() -> None:
             served.append(source.snapshot())
         assert all(s.consistent for s in served), name
         assert source.last.dlq_size == len(source.dlq_list(0, 10**9)), name
+
+
+def test_the_screenshots_are_the_snapshots() -> None:
+    """``python -m tui_dispatch.screenshots`` draws exactly what the snapshot test stored."""
+    import re
+    from pathlib import Path
+
+    from tui_dispatch.screenshots import render_svg
+
+    def normal(svg: str) -> str:  # each render numbers its CSS classes differently
+        return re.sub(r"terminal-\d+-", "terminal-", svg)
+
+    stored = Path(__file__).parent / "__snapshots__" / "test_snapshots" / "test_scenario[idle].svg"
+    assert normal(render_svg(SCENARIOS["idle"])) == normal(stored.read_text(encoding="utf-8"))
