@@ -12,6 +12,7 @@ it has seen the whole history.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -328,6 +329,23 @@ def big_pool() -> FixedSource:
     return under_load(n_workers=500, busy=431, seed=5)
 
 
+def fleet() -> FixedSource:
+    """A Redis fleet: three worker processes on two hosts, watched from a third."""
+    source = under_load(n_workers=12, busy=9, seed=8)
+    processes = ("app-1:4121", "app-1:4188", "app-2:977")
+    history = []
+    while not source.exhausted:
+        snap = source.snapshot()
+        workers = tuple(
+            dataclasses.replace(w, process=processes[(w.id - 1) // 4], last_seen_s=0.4)
+            for w in snap.workers
+        )
+        history.append(dataclasses.replace(snap, workers=workers, max_workers=24, min_workers=6))
+    return FixedSource(
+        history, source.dlq_list(0, 100), label="redis://127.0.0.1:6379/0 queue 'default'"
+    )
+
+
 def retries_pending() -> FixedSource:
     """A failing burst: many retries scheduled, attempts climbing, due times ahead."""
     rng = random.Random(3)
@@ -504,6 +522,7 @@ SCENARIOS: dict[str, Scenario] = {
             "help-80x24", idle, SMALL, keys=("question_mark",), description="help screen, 80x24"
         ),
         Scenario("500-workers", big_pool, description="500 workers"),
+        Scenario("fleet", fleet, description="a Redis fleet of three worker processes"),
     )
 }
 """Every scenario, by name."""

@@ -151,8 +151,13 @@ def test_retry_text_escapes_names_and_counts_the_rest() -> None:
 
 def test_worker_columns_fill_the_width() -> None:
     for width in (30, 51, 52, 80, 200):
-        assert sum(worker_columns(width)) == max(width, sum(worker_columns(width)))
-    assert worker_columns(52)[4] > worker_columns(51)[4]  # the bar appears at 52 cells
+        for process_w in (0, 17):
+            columns = worker_columns(width, process_w)
+            assert sum(columns) == max(width, sum(columns))
+    assert worker_columns(52)[5] > worker_columns(51)[5]  # the bar appears at 52 cells
+    assert worker_columns(80)[2] == 0
+    assert worker_columns(80, 17)[2] == 17  # a fleet view's process column
+    assert worker_columns(60, 25)[3] == 12  # ... which leaves the job column 12 cells
 
 
 def test_formatters() -> None:

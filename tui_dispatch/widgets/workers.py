@@ -26,16 +26,22 @@ _STATE_MARK = {
 _BAR = 6  # cells of the utilisation bar in wide layouts
 
 
-def worker_columns(width: int) -> tuple[int, int, int, int, int]:
-    """How a row of ``width`` cells is cut: (id, state, job, done, util) widths.
+def worker_columns(
+    width: int, process_w: int = 0, id_w: int = 5
+) -> tuple[int, int, int, int, int, int]:
+    """How a row of ``width`` cells is cut: (id, state, process, job, done, util) widths.
 
     The job column takes what is left; below 52 cells the utilisation bar is dropped and
-    only the percentage stays.
+    only the percentage stays. ``process_w`` is the process column (fleet views only; 0 hides
+    it), shrunk so that the job column keeps at least 12 cells when it can. ``id_w`` fits the
+    largest worker id.
     """
-    id_w, state_w, done_w = 5, 11, 8
+    state_w, done_w = 11, 8
     util_w = 5 + (_BAR + 1 if width >= 52 else 0)
-    job_w = max(4, width - id_w - state_w - done_w - util_w)
-    return id_w, state_w, job_w, done_w, util_w
+    rest = width - id_w - state_w - done_w - util_w
+    process_w = max(0, min(process_w, rest - 12))
+    job_w = max(4, rest - process_w)
+    return id_w, state_w, process_w, job_w, done_w, util_w
 
 
 class WorkerList(ScrollView, can_focus=True):
@@ -69,6 +75,8 @@ class WorkerList(ScrollView, can_focus=True):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self._workers: tuple[WorkerSnapshot, ...] = ()
+        self._process_w = 0  # width of the process column: 0 unless workers name their process
+        self._id_w = 3  # width of the id column: the largest id's digits and a space
         self.lines_rendered = 0
         """How many lines were painted so far (tests use it to check the list renders lazily)."""
 
@@ -82,6 +90,9 @@ class WorkerList(ScrollView, can_focus=True):
         if workers == self._workers:
             return
         self._workers = workers
+        longest = max((len(w.process) for w in workers if w.process), default=0)
+        self._process_w = min(longest, 24) + 1 if longest else 0
+        self._id_w = max(3, len(str(max((w.id for w in workers), default=0))) + 1)
         self.virtual_size = Size(self.size.width, len(workers) + 1)
         self.refresh()
 
@@ -96,16 +107,21 @@ class WorkerList(ScrollView, can_focus=True):
         return self._row(self._workers[index], width)
 
     def _header(self, width: int) -> Strip:
-        id_w, state_w, job_w, done_w, util_w = worker_columns(width)
+        id_w, state_w, process_w, job_w, done_w, util_w = worker_columns(
+            width, self._process_w, self._id_w
+        )
+        process = f"{'process':<{process_w}}"[:process_w]
         text = (
-            f"{'id':>{id_w - 1}} {'state':<{state_w}}{'job':<{job_w}}"
-            f"{'done':>{done_w - 1}} {'util':>{util_w}}"
+            f"{'id':>{id_w - 1}} {'state':<{state_w}}{process}{'job':<{job_w}}"
+            f"{'done':>{done_w - 1}} {'util':<{util_w}}"
         )
         style = self.rich_style + self.get_component_rich_style("workerlist--header")
         return Strip([Segment(text.ljust(width)[:width], style)], width)
 
     def _row(self, worker: WorkerSnapshot, width: int) -> Strip:
-        id_w, state_w, job_w, done_w, util_w = worker_columns(width)
+        id_w, state_w, process_w, job_w, done_w, util_w = worker_columns(
+            width, self._process_w, self._id_w
+        )
         base = self.rich_style
         state_style = base + self.get_component_rich_style(f"workerlist--{worker.state.value}")
         if worker.job_id is not None:
@@ -115,6 +131,7 @@ class WorkerList(ScrollView, can_focus=True):
         segments = [
             Segment(f"{worker.id:>{id_w - 1}} ", base),
             Segment(_STATE_MARK[worker.state].ljust(state_w), state_style),
+            Segment(clip(worker.process or "", process_w - 1).ljust(process_w), base),
             Segment(clip(job, job_w - 1).ljust(job_w), base),
             Segment(f"{count(worker.jobs_done):>{done_w - 1}} ", base),
         ]
