@@ -51,6 +51,7 @@ __all__ = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+_CPUS_ENV = "BENCH_CPUS"  # run_child -> child_main: the CPUs to pin the child to
 
 
 class BenchError(RuntimeError):
@@ -115,7 +116,8 @@ def check_reps(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     return 2 if args.quick else int(args.default_reps)
 
 
-def run_child(module: str, function: str, kwargs: dict[str, Any], *, timeout_s: float = 300.0) -> dict[str, Any]:
+def run_child(module: str, function: str, kwargs: dict[str, Any], *, timeout_s: float = 300.0,
+              cpus: Sequence[int] | None = None) -> dict[str, Any]:
     """Run ``bench.<module>.<function>(**kwargs)`` in a fresh interpreter and return its result.
 
     Args:
@@ -123,6 +125,7 @@ def run_child(module: str, function: str, kwargs: dict[str, Any], *, timeout_s: 
         function: a module-level function returning a JSON-serialisable dict.
         kwargs: JSON-serialisable keyword arguments.
         timeout_s: the child is killed after this many seconds.
+        cpus: pin the child (and every thread it starts) to these CPUs; ``None``: all of them.
 
     Returns:
         The function's dict, plus ``"peak_rss_kib"`` (the child's peak resident set size) and
@@ -135,6 +138,9 @@ def run_child(module: str, function: str, kwargs: dict[str, Any], *, timeout_s: 
     cmd = [sys.executable, "-m", "bench._util", module, function, json.dumps(kwargs)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env.pop(_CPUS_ENV, None)
+    if cpus is not None:
+        env[_CPUS_ENV] = ",".join(str(c) for c in cpus)
     cpu_before, ours_before, wall_before = _cpu_busy_s(), _our_cpu_s(), time.monotonic()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
@@ -163,6 +169,7 @@ def run_child_undisturbed(
     tries: int = 3,
     settle_s: float = 20.0,
     timeout_s: float = 300.0,
+    cpus: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """:func:`run_child`, repeated when other processes disturbed it.
 
@@ -174,7 +181,7 @@ def run_child_undisturbed(
     best: dict[str, Any] | None = None
     for attempt in range(1, tries + 1):
         wait_for_quiet(max_busy=max_others, max_wait_s=settle_s)
-        result = run_child(module, function, kwargs, timeout_s=timeout_s)
+        result = run_child(module, function, kwargs, timeout_s=timeout_s, cpus=cpus)
         result["tries"] = attempt
         if best is None or result["others_cpu"] < best["others_cpu"]:
             best = result
@@ -234,6 +241,9 @@ def child_main(argv: Sequence[str]) -> int:
         print("usage: python -m bench._util MODULE FUNCTION JSON_KWARGS", file=sys.stderr)
         return 2
     module_name, function_name, raw_kwargs = argv
+    pinned = os.environ.get(_CPUS_ENV)
+    if pinned:
+        os.sched_setaffinity(0, {int(c) for c in pinned.split(",")})
     module = importlib.import_module(f"bench.{module_name}")
     function = getattr(module, function_name)
     result = dict(function(**json.loads(raw_kwargs)))

@@ -541,7 +541,8 @@ def _value(workload: Workload, run: dict[str, Any]) -> float:
 
 
 def run_workload(workload: Workload, reps: int, *, log: Callable[[str], None],
-                 baselines_only: bool = False, max_others: float | None = 0.10) -> None:
+                 baselines_only: bool = False, max_others: float | None = 0.10,
+                 cpus: Sequence[int] | None = None) -> None:
     """Measure every side ``reps`` times, each run in a fresh subprocess, alternating the order.
 
     With ``max_others`` set, a run during which other processes used more than that share of
@@ -554,9 +555,10 @@ def run_workload(workload: Workload, reps: int, *, log: Callable[[str], None],
         order = sides if rep % 2 == 0 else tuple(reversed(sides))
         for side in order:
             if max_others is None:
-                result = run_child(MODULE, side.function, side.kwargs)
+                result = run_child(MODULE, side.function, side.kwargs, cpus=cpus)
             else:
-                result = run_child_undisturbed(MODULE, side.function, side.kwargs, max_others=max_others)
+                result = run_child_undisturbed(MODULE, side.function, side.kwargs,
+                                               max_others=max_others, cpus=cpus)
             workload.runs[side.label].append(result)
             unit = "B/job" if workload.kind == "memory" else "jobs/s"
             log(f"{workload.key} rep {rep + 1}/{reps} {side.label}: {_value(workload, result):,.1f} {unit}"
@@ -666,6 +668,8 @@ def render(results: dict[str, Any]) -> str:
         lines.append(f"Other processes used {Summary.of(others).fmt('.1%')} of the CPUs during the kept runs "
                      f"(median, range); {sum(tries) - len(tries)} disturbed runs were repeated.")
     m = results["machine"]
+    if results.get("cpus") is not None:
+        lines.append(f"Every run was pinned to CPU(s) {','.join(map(str, results['cpus']))}.")
     lines.append(f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['python']}, {m['platform']}; "
                  f"load average {results['load_before'][0]:.2f} before, "
                  f"{results['load_after'][0]:.2f} after.")
@@ -684,10 +688,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-others", type=float, default=0.10, metavar="FRACTION",
                         help="repeat a run (up to 3 tries) when other processes used more than this "
                              "share of the CPUs during it; 1 turns the check off (default 0.10)")
+    parser.add_argument("--cpus", metavar="LIST", default=None,
+                        help="pin every run to these CPUs, e.g. '0' or '0,1' (default: all)")
     parser.add_argument("--baselines-only", action="store_true",
                         help="run only the ThreadPoolExecutor sides (checks the harness without the engine)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     reps = check_reps(args, parser)
+    cpus: list[int] | None = None
+    if args.cpus is not None:
+        try:
+            cpus = sorted({int(c) for c in args.cpus.split(",")})
+        except ValueError:
+            parser.error(f"--cpus must be a comma-separated list of CPU numbers; got {args.cpus!r}")
+        usable = sorted(os.sched_getaffinity(0))
+        if not set(cpus) <= set(usable):
+            parser.error(f"--cpus must name usable CPUs ({','.join(map(str, usable))}); got {args.cpus!r}")
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -699,12 +714,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     for workload in chosen:
         run_workload(workload, reps, log=log, baselines_only=args.baselines_only,
-                     max_others=None if args.max_others >= 1 else args.max_others)
+                     max_others=None if args.max_others >= 1 else args.max_others, cpus=cpus)
     results = {
         "module": MODULE,
         "command": " ".join(sys.orig_argv),
         "machine": machine_info(),
         "reps": reps,
+        "cpus": cpus,
         "engine_rev": engine_revision(),
         "load_before": load_before,
         "load_after": os.getloadavg(),
