@@ -8,10 +8,10 @@ Build it with :func:`make_app`::
 
 How it stays responsive at any job rate:
 
-* It polls ``source.snapshot()`` on a timer, in a thread worker, and never starts a poll while
+* It polls ``source.snapshot()`` on a timer, on one poll thread, and never starts a poll while
   the previous one runs. One snapshot is one repaint; nothing happens per job.
 * The DLQ panel holds one page (``source.dlq_list(offset, limit)``), fetched in the same
-  worker only when the DLQ changed or the user paged.
+  poll only when the DLQ changed or the user paged.
 * Every command (bursts, pause, DLQ edits, shutdown) runs in a thread worker, so a burst of
   100,000 jobs or a slow store never blocks the screen.
 
@@ -20,12 +20,13 @@ The app does not own the source: whoever made it closes it after ``run()`` retur
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
 
-from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Grid
@@ -168,8 +169,9 @@ class DashboardApp(App[None]):
         self.bursts = {"small": small_burst, "large": large_burst, "failing": failing_burst}
         self.set_reactive(DashboardApp.refresh_s, float(refresh_s))
         self._timer: Timer | None = None
-        self._poll_worker: Worker[_Poll] | None = None  # the poll in flight, until handled
-        self._poll_again = False
+        self._poll_pool: ThreadPoolExecutor | None = None  # the poll thread, while mounted
+        self._polling = False  # a poll is in flight
+        self._poll_again = False  # ... and another was asked for meanwhile
         self._dlq_generation = 0  # bumped whenever the DLQ page must be read again
         self._dlq_shown_generation = -1
         self._dlq_key: tuple[int, ...] | None = None
@@ -201,8 +203,15 @@ class DashboardApp(App[None]):
 
     def on_mount(self) -> None:
         self._show_label()
+        # One long-lived thread does every read of the source, so a slow store never blocks
+        # the screen, and two polls can never overlap.
+        self._poll_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tui-dispatch-poll")
         self._timer = self.set_interval(self.refresh_s, self.poll, name="poll")
         self.poll()
+
+    def on_unmount(self) -> None:
+        if self._poll_pool is not None:
+            self._poll_pool.shutdown(wait=True, cancel_futures=True)
 
     def _show_label(self) -> None:
         self.header.label = f"{self.source.label} · {self.refresh_s:g}s"
@@ -211,30 +220,53 @@ class DashboardApp(App[None]):
     # Polling
     # ==========================================================================================
     def poll(self) -> None:
-        """Read the source now, unless a poll is still running (then poll again right after)."""
-        if self._poll_worker is not None:  # in flight until its outcome has been handled
+        """Read the source now, unless a poll is in flight (then poll again right after it)."""
+        if self._polling:
             self._poll_again = True
             return
-        self._poll_again = False
-        dlq = self.dlq
-        want_page = self._dlq_shown_generation != self._dlq_generation
-        self._poll_worker = self._fetch(
-            dlq.page_offset,
-            dlq.page_size,
-            self._dlq_generation,
-            None if want_page else self._dlq_key,
-        )
+        if self._poll_pool is None:  # not mounted yet: on_mount polls
+            return
+        self._polling = True
+        # An async worker on the UI thread: Textual cancels it on exit, and a bug in it is
+        # reported like any other instead of vanishing with a stray task.
+        self.run_worker(self._poll_loop(), name="poll", group="poll")
 
     @property
     def polling(self) -> bool:
         """Whether a poll is in flight, or asked for while one was."""
-        return self._poll_worker is not None or self._poll_again
+        return self._polling or self._poll_again
 
-    @work(thread=True, group="poll", exit_on_error=False)
+    async def _poll_loop(self) -> None:
+        """Poll, and poll again as long as someone asked for it meanwhile. UI thread."""
+        assert self._poll_pool is not None
+        try:
+            while True:
+                self._poll_again = False
+                dlq = self.dlq
+                want_page = self._dlq_shown_generation != self._dlq_generation
+                fetch = partial(
+                    self._fetch,
+                    dlq.page_offset,
+                    dlq.page_size,
+                    self._dlq_generation,
+                    None if want_page else self._dlq_key,
+                )
+                try:
+                    result = await asyncio.wrap_future(self._poll_pool.submit(fetch))
+                except Exception as error:  # the source failed: say so, keep polling
+                    self._poll_failed(error)
+                else:
+                    self._poll_done(result)
+                self.polls += 1
+                if not self._poll_again:
+                    break
+        finally:
+            self._polling = False
+
     def _fetch(
         self, offset: int, limit: int, generation: int, shown_key: tuple[int, ...] | None
     ) -> _Poll:
-        """One poll, on a worker thread: the snapshot, and the DLQ page if it changed."""
+        """One poll, on the poll thread: the snapshot, and the DLQ page if it changed."""
         snap = self.source.snapshot()
         if _dlq_key(snap) == shown_key:
             return _Poll(snap, generation, offset, None)
@@ -245,24 +277,10 @@ class DashboardApp(App[None]):
         return _Poll(snap, generation, offset, page)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        worker = event.worker
-        if worker.group == "poll" and worker is self._poll_worker:
-            if event.state is WorkerState.SUCCESS:
-                self._poll_done(worker.result)
-            elif event.state is WorkerState.ERROR:
-                self._poll_failed(worker.error)
-            elif event.state is not WorkerState.CANCELLED:
-                return
-            self._poll_worker = None
-            self.polls += 1
-            if self._poll_again:
-                self.poll()
-        elif worker.group == "command":
-            self._command_state(worker, event.state)
+        if event.worker.group == "command":
+            self._command_state(event.worker, event.state)
 
-    def _poll_done(self, result: _Poll | None) -> None:
-        if result is None:
-            return
+    def _poll_done(self, result: _Poll) -> None:
         self.header.error = ""
         if result.dlq_page is not None:
             self.dlq.show_page(result.dlq_offset, result.dlq_page, result.snapshot.dlq_size)
@@ -270,7 +288,7 @@ class DashboardApp(App[None]):
             self._dlq_shown_generation = result.dlq_generation
         self.snapshot = result.snapshot
 
-    def _poll_failed(self, error: BaseException | None) -> None:
+    def _poll_failed(self, error: BaseException) -> None:
         self.header.error = f"cannot read {self.source.label}: {error}"
 
     def watch_snapshot(self, snap: Snapshot | None) -> None:

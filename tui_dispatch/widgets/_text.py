@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from textual.content import Content
+from textual.widget import Widget
 from textual.widgets import Static
 
-__all__ = ["LiveText"]
+__all__ = ["LiveText", "Titled"]
 
 
 class LiveText(Static):
@@ -42,3 +43,24 @@ class LiveText(Static):
         same_size = self.is_mounted and shape == self._shape and fits
         self._markup, self._shape = markup, shape
         self.update(content, layout=not same_size)
+
+
+class Titled(Widget):
+    """Base for panels whose border title and subtitle carry figures (mix in before a container).
+
+    Assigning a border title repaints the whole panel, even when the text is the same, so
+    :meth:`set_titles` only assigns what changed.
+    """
+
+    _titles: tuple[str | None, str | None] = (None, None)
+
+    def set_titles(self, title: str | None = None, subtitle: str | None = None) -> None:
+        """Show ``title``/``subtitle`` (``None`` leaves one as it is). UI thread only."""
+        old_title, old_subtitle = self._titles
+        if title is not None and title != old_title:
+            self.border_title = title
+            old_title = title
+        if subtitle is not None and subtitle != old_subtitle:
+            self.border_subtitle = subtitle
+            old_subtitle = subtitle
+        self._titles = (old_title, old_subtitle)

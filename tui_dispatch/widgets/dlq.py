@@ -14,6 +14,7 @@ from textual.widgets import DataTable
 
 from engine import DeadLetter
 from tui_dispatch.widgets._format import clip, count
+from tui_dispatch.widgets._text import Titled
 
 __all__ = ["PAGE_SIZE", "DlqPanel"]
 
@@ -23,7 +24,7 @@ PAGE_SIZE = 100
 _ERROR_WIDTH = 50
 
 
-class DlqPanel(Vertical):
+class DlqPanel(Titled, Vertical):
     """A page of the DLQ in a :class:`DataTable`; the border shows where the page is.
 
     Attributes:
@@ -89,8 +90,9 @@ class DlqPanel(Vertical):
     def _show_position(self) -> None:
         if self.total:
             last = self.page_offset + len(self.entries)
-            self.border_title = f"Dead letters {count(self.total)} · {count(self.page_offset + 1)}\u2013{count(last)}"
-            self.border_subtitle = "⏎ detail · r requeue · R all · d delete · X purge · \\[ ] page"
+            self.set_titles(
+                f"Dead letters {count(self.total)} · {count(self.page_offset + 1)}\u2013{count(last)}",
+                "⏎ detail · r requeue · R all · d delete · X purge · \\[ ] page",
+            )
         else:
-            self.border_title = "Dead letters"
-            self.border_subtitle = "empty"
+            self.set_titles("Dead letters", "empty")

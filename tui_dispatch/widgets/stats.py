@@ -17,7 +17,7 @@ from textual.widgets import Sparkline
 
 from engine import Snapshot
 from tui_dispatch.widgets._format import count, duration
-from tui_dispatch.widgets._text import LiveText
+from tui_dispatch.widgets._text import LiveText, Titled
 
 __all__ = [
     "COUNTERS",
@@ -190,7 +190,7 @@ class ThroughputPanel(Vertical):
             self._spark.data = self.history.values
 
 
-class RetriesPanel(Vertical):
+class RetriesPanel(Titled, Vertical):
     """Retries by retry number, and the retries due soonest."""
 
     snapshot: var[Snapshot | None] = var(None, init=False)
@@ -213,6 +213,6 @@ class RetriesPanel(Vertical):
         by_attempt, due = retry_lines(snap)
         self._counts.show(by_attempt)
         self._next.show(due)
-        self.border_subtitle = (
-            f"{count(snap.scheduled)} scheduled · {count(snap.counters.retries)} total"
+        self.set_titles(
+            subtitle=f"{count(snap.scheduled)} scheduled · {count(snap.counters.retries)} total"
         )

@@ -15,6 +15,7 @@ from textual.strip import Strip
 
 from engine import Snapshot, WorkerSnapshot, WorkerState
 from tui_dispatch.widgets._format import clip, count, percent
+from tui_dispatch.widgets._text import Titled
 
 __all__ = ["WorkerList", "WorkersPanel", "worker_columns"]
 
@@ -47,7 +48,9 @@ def worker_columns(
 class WorkerList(ScrollView, can_focus=True):
     """Every worker, one per line, with a pinned header line. Only visible lines are rendered.
 
-    Updating it with a new tuple of workers is O(1); painting is O(visible lines).
+    A new tuple of workers repaints only the visible lines whose worker changed, and a row
+    already drawn for the same worker at the same width is reused, so 500 workers cost what
+    the 30 or so on screen cost.
     """
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {
@@ -77,6 +80,8 @@ class WorkerList(ScrollView, can_focus=True):
         self._workers: tuple[WorkerSnapshot, ...] = ()
         self._process_w = 0  # width of the process column: 0 unless workers name their process
         self._id_w = 3  # width of the id column: the largest id's digits and a space
+        self._rows: dict[tuple[WorkerSnapshot, int], Strip] = {}  # drawn rows, by (worker, width)
+        self._styles: dict[str, Style] = {}  # component styles, until the styles change
         self.lines_rendered = 0
         """How many lines were painted so far (tests use it to check the list renders lazily)."""
 
@@ -89,12 +94,22 @@ class WorkerList(ScrollView, can_focus=True):
         """Show ``workers`` (UI thread only)."""
         if workers == self._workers:
             return
-        self._workers = workers
+        old, self._workers = self._workers, workers
         longest = max((len(w.process) for w in workers if w.process), default=0)
-        self._process_w = min(longest, 24) + 1 if longest else 0
-        self._id_w = max(3, len(str(max((w.id for w in workers), default=0))) + 1)
-        self.virtual_size = Size(self.size.width, len(workers) + 1)
-        self.refresh()
+        process_w = min(longest, 24) + 1 if longest else 0
+        id_w = max(3, len(str(max((w.id for w in workers), default=0))) + 1)
+        if len(old) != len(workers) or (process_w, id_w) != (self._process_w, self._id_w):
+            self._process_w, self._id_w = process_w, id_w
+            self._rows.clear()
+            self.virtual_size = Size(self.size.width, len(workers) + 1)
+            self.refresh()
+            return
+        top = self.scroll_offset.y
+        for index in range(top, min(len(workers), top + self.size.height)):
+            if workers[index] != old[index]:
+                self.refresh_line(index + 1)  # line 0 is the pinned header
+        if len(self._rows) > 4 * max(len(workers), 256):
+            self._rows.clear()
 
     def render_line(self, y: int) -> Strip:
         self.lines_rendered += 1
@@ -115,15 +130,22 @@ class WorkerList(ScrollView, can_focus=True):
             f"{'id':>{id_w - 1}} {'state':<{state_w}}{process}{'job':<{job_w}}"
             f"{'done':>{done_w - 1}} {'util':<{util_w}}"
         )
-        style = self.rich_style + self.get_component_rich_style("workerlist--header")
+        style = self.rich_style + self._style("header")
         return Strip([Segment(text.ljust(width)[:width], style)], width)
 
     def _row(self, worker: WorkerSnapshot, width: int) -> Strip:
+        key = (worker, width)
+        strip = self._rows.get(key)
+        if strip is None:
+            strip = self._rows[key] = self._draw_row(worker, width)
+        return strip
+
+    def _draw_row(self, worker: WorkerSnapshot, width: int) -> Strip:
         id_w, state_w, process_w, job_w, done_w, util_w = worker_columns(
             width, self._process_w, self._id_w
         )
         base = self.rich_style
-        state_style = base + self.get_component_rich_style(f"workerlist--{worker.state.value}")
+        state_style = base + self._style(worker.state.value)
         if worker.job_id is not None:
             job = f"#{worker.job_id} {worker.job_name or ''}".rstrip()
         else:
@@ -145,13 +167,21 @@ class WorkerList(ScrollView, can_focus=True):
         return strip.adjust_cell_length(width, base)
 
     def _style(self, part: str) -> Style:
-        return self.get_component_rich_style(f"workerlist--{part}")
+        style = self._styles.get(part)
+        if style is None:
+            style = self._styles[part] = self.get_component_rich_style(f"workerlist--{part}")
+        return style
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._styles.clear()  # a new theme, or hover/focus: draw again with the new styles
+        self._rows.clear()
 
     def on_resize(self) -> None:
         self.virtual_size = Size(self.size.width, len(self._workers) + 1)
 
 
-class WorkersPanel(Vertical):
+class WorkersPanel(Titled, Vertical):
     """The workers panel: a title with the counts, and the :class:`WorkerList`."""
 
     snapshot: var[Snapshot | None] = var(None, init=False)
@@ -164,15 +194,15 @@ class WorkersPanel(Vertical):
         yield self.list
 
     def on_mount(self) -> None:
-        self.border_title = "Workers"
+        self.set_titles("Workers")
 
     def watch_snapshot(self, snap: Snapshot | None) -> None:
         if snap is None:
             return
-        self.border_title = (
+        title = (
             f"Workers {snap.workers_total}: {snap.workers_busy} busy {snap.workers_idle} idle"
             + (f" {snap.workers_retiring} retiring" if snap.workers_retiring else "")
         )
         stuck = f"{snap.stuck_threads} stuck · " if snap.stuck_threads else ""
-        self.border_subtitle = f"{stuck}util {percent(snap.utilisation)}"
+        self.set_titles(title, f"{stuck}util {percent(snap.utilisation)}")
         self.list.show(snap.workers)
