@@ -309,7 +309,11 @@ def machine_info() -> dict[str, Any]:
 
 
 def engine_revision() -> str:
-    """The git commit of the code under test, with ``+dirty`` if ``engine/`` has local changes."""
+    """The git commit, the hash of its ``engine/`` tree, and whether ``engine/`` has local changes.
+
+    Two runs with the same engine tree hash measured the same engine code (when neither says
+    "with local changes"), whatever else was committed in between.
+    """
     def git(*args: str) -> str:
         try:
             out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
@@ -319,7 +323,9 @@ def engine_revision() -> str:
         return out.stdout.strip() if out.returncode == 0 else ""
 
     rev = git("rev-parse", "--short", "HEAD") or "unknown"
-    return rev + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", "engine") else "")
+    engine_tree = git("rev-parse", "--short", "HEAD:engine")
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "engine")
+    return f"{rev} (engine tree {engine_tree or 'unknown'}{', with local changes' if dirty else ''})"
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -708,6 +708,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     chosen = [w for w in workloads() if not args.only or w.key in args.only]
+    engine_rev_before = engine_revision()
     load_before = os.getloadavg()
     if load_before[0] > 0.5:
         log(f"warning: load average {load_before[0]:.2f}: other processes will disturb the numbers")
@@ -721,13 +722,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine_info(),
         "reps": reps,
         "cpus": cpus,
-        "engine_rev": engine_revision(),
+        "engine_rev": engine_rev_before,
+        "engine_rev_after": engine_revision(),
         "load_before": load_before,
         "load_after": os.getloadavg(),
         "wall_s": time.perf_counter() - started,
         "workloads": {w.key: summarise(w) for w in chosen},
         "raw": {w.key: w.runs for w in chosen},
     }
+    if results["engine_rev_after"].partition(" ")[2] != engine_rev_before.partition(" ")[2]:
+        log(f"warning: the engine changed during the run ({engine_rev_before} -> "
+            f"{results['engine_rev_after']}); do not record these numbers")
     if args.json != "-":
         print(render(results))
     if args.json:
