@@ -33,7 +33,7 @@ import logging
 import random
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from tui_dispatch.config import (
     OPTIONS,
@@ -43,6 +43,9 @@ from tui_dispatch.config import (
     resolve_settings,
 )
 from tui_dispatch.workload import Workload
+
+if TYPE_CHECKING:
+    from tui_dispatch.source import Source
 
 __all__ = ["EXIT_USAGE", "build_parser", "main"]
 
@@ -209,47 +212,34 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 def _run_dashboard(settings: Settings, workload: Workload, engine_rng: random.Random) -> int:
     """Build the engine, hand it to the Textual app, and stop the engine when the app exits."""
     from engine import Dispatcher
+    from tui_dispatch.source import LiveSource
 
-    try:
-        from tui_dispatch.app import make_app
-        from tui_dispatch.source import LiveSource
-    except ImportError as exc:  # pragma: no cover - only while the app is being built
-        print(f"{PROG}: error: the dashboard is not available ({exc}); try --headless", file=sys.stderr)
-        return 1
-    # Log lines must not scribble over the screen: the app shows what it wants in its Log panel
-    # (through its own handler on the "engine" logger, if it attaches one).
-    engine_log = logging.getLogger("engine")
-    old_level, quiet = engine_log.level, logging.NullHandler()
-    engine_log.setLevel(logging.INFO)
-    engine_log.addHandler(quiet)
-    source = LiveSource(Dispatcher(**settings.dispatcher_kwargs(engine_rng)), workload)
-    try:
-        app = make_app(
-            source,
-            refresh_s=settings.refresh_s,
-            small_burst=settings.small_burst,
-            large_burst=settings.large_burst,
-            failing_burst=settings.failing_burst,
-        )
-        app.run()
-    finally:
-        # Quitting with jobs pending was confirmed in the app: the source's close() cancels
-        # what is left (forceful shutdown) unless the engine already stopped.
-        source.close()
-        engine_log.removeHandler(quiet)
-        engine_log.setLevel(old_level)
-    return int(app.return_code or 0)
+    # Quitting with jobs pending is confirmed in the app; the source's close() then cancels what
+    # is left (forceful shutdown) unless the engine already stopped.
+    return _run_app(LiveSource(Dispatcher(**settings.dispatcher_kwargs(engine_rng)), workload), settings)
 
 
 def _run_fleet_dashboard(args: argparse.Namespace, settings: Settings) -> int:
     """The dashboard watching every worker process of a Redis queue."""
-    from tui_dispatch.app import make_app
     from tui_dispatch.fleet_source import make_fleet_source
 
-    source = make_fleet_source(args.redis, queue=args.queue, prefix=args.prefix, seed=settings.seed)
+    return _run_app(make_fleet_source(args.redis, queue=args.queue, prefix=args.prefix, seed=settings.seed),
+                    settings)
+
+
+def _run_app(source: Source, settings: Settings) -> int:
+    """Run the dashboard on ``source`` and close the source when the app exits.
+
+    Log lines must not scribble over the screen: the app shows what it wants in its Log panel, so
+    the engine's and the app's loggers write nowhere else while it runs.
+    """
+    from tui_dispatch.app import make_app
+
     quiet = logging.NullHandler()
     loggers = [logging.getLogger(name) for name in ("engine", "tui_dispatch")]
+    saved = [(logger.level, logger.propagate) for logger in loggers]
     for logger in loggers:
+        logger.setLevel(logging.INFO)
         logger.addHandler(quiet)
         logger.propagate = False
     try:
@@ -263,9 +253,10 @@ def _run_fleet_dashboard(args: argparse.Namespace, settings: Settings) -> int:
         app.run()
     finally:
         source.close()
-        for logger in loggers:
+        for logger, (level, propagate) in zip(loggers, saved, strict=True):
             logger.removeHandler(quiet)
-            logger.propagate = True
+            logger.setLevel(level)
+            logger.propagate = propagate
     return int(app.return_code or 0)
 
 
