@@ -12,7 +12,7 @@ engine under 10 % of its throughput.
 
 Usage::
 
-    python -m bench.tui_overhead [--reps N] [--quick] [--json PATH] [--jobs N]
+    python -m bench.tui_overhead [--reps N] [--quick] [--json PATH] [--jobs N] [--cpu N]
     python -m bench tui_overhead
 
 Runs on the main thread only.
@@ -51,6 +51,12 @@ def noop() -> None:
     """The W1 job."""
 
 
+def _pin(cpu: int | None) -> None:
+    """Keep this process (and the threads it starts) on one CPU, if asked."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+
+
 def _make_dispatcher(workers: int) -> Any:
     from engine import Dispatcher
 
@@ -59,14 +65,15 @@ def _make_dispatcher(workers: int) -> Any:
 
 def _run_w1(dispatcher: Any, n: int) -> float:
     """Submit ``n`` no-op jobs, wait for all of them; returns the seconds it took."""
+    before = dispatcher.snapshot(workers=False).counters.succeeded
     started = time.perf_counter()
-    handles = dispatcher.submit_many(noop, [()] * n)
+    dispatcher.submit_many(noop, [()] * n)
     if not dispatcher.join(timeout_s=WAIT_TIMEOUT_S):
         raise RuntimeError(f"the dispatcher did not settle within {WAIT_TIMEOUT_S:g} s")
     elapsed = time.perf_counter() - started
-    failed = sum(1 for h in handles if h.exception() is not None)
-    if failed:
-        raise RuntimeError(f"{failed} of {n} no-op jobs failed")
+    succeeded = dispatcher.snapshot(workers=False).counters.succeeded - before
+    if succeeded != n:
+        raise RuntimeError(f"expected {n} successful no-op jobs, got {succeeded}")
     return elapsed
 
 
@@ -74,8 +81,9 @@ def _run_w1(dispatcher: Any, n: int) -> float:
 # Child-side runs: each is called in a fresh interpreter by run_child and returns a dict.
 
 
-def w1_plain(n: int, workers: int) -> dict[str, Any]:
+def w1_plain(n: int, workers: int, cpu: int | None = None) -> dict[str, Any]:
     """W1 with nothing watching."""
+    _pin(cpu)
     d = _make_dispatcher(workers)
     try:
         elapsed = _run_w1(d, n)
@@ -91,8 +99,11 @@ class _NoBursts:
         raise RuntimeError("no bursts in this benchmark")
 
 
-def w1_with_dashboard(n: int, workers: int, refresh_s: float | None = None) -> dict[str, Any]:
+def w1_with_dashboard(
+    n: int, workers: int, cpu: int | None = None, refresh_s: float | None = None
+) -> dict[str, Any]:
     """W1 while a headless dashboard polls the engine (``refresh_s``: None for the default)."""
+    _pin(cpu)
     import asyncio
 
     import anyio.to_thread
@@ -107,7 +118,11 @@ def w1_with_dashboard(n: int, workers: int, refresh_s: float | None = None) -> d
 
     async def run() -> None:
         async with app.run_test(headless=True, size=TERMINAL) as pilot:
+            # Start the clock once the dashboard is up and steady: first polls done, painted.
+            while app.polls < 2:
+                await asyncio.sleep(0.01)
             await pilot.pause()
+            await anyio.to_thread.run_sync(time.perf_counter)  # anyio imports its thread parts now
             polls_before = app.polls
             # The jobs are submitted and waited for on a worker thread, as the app's own burst
             # keys do, so the app's event loop keeps polling and painting meanwhile.
@@ -138,6 +153,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--jobs", type=int, default=JOBS, help=f"jobs per run (default {JOBS:,})")
     parser.add_argument(
+        "--cpu",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run both sides on CPU N only. On a small shared VM, handing the GIL between "
+        "CPUs makes unpinned runs swing by 2x with the neighbours' load; one CPU measures "
+        "what the dashboard itself costs (default: not pinned)",
+    )
+    parser.add_argument(
         "--max-others",
         type=float,
         default=0.10,
@@ -157,7 +181,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = os.getloadavg()
     if load_before[0] > 0.5:
         log(f"warning: load average {load_before[0]:.2f}: other processes will disturb the numbers")
-    kwargs = {"n": args.jobs, "workers": WORKERS}
+    if args.cpu is not None and args.cpu not in os.sched_getaffinity(0):
+        parser.error(
+            f"--cpu must be one of the CPUs this process may use: {sorted(os.sched_getaffinity(0))}"
+        )
+    kwargs = {"n": args.jobs, "workers": WORKERS, "cpu": args.cpu}
     plain: list[dict[str, Any]] = []
     dash: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -183,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "jobs": args.jobs,
         "workers": WORKERS,
         "terminal": TERMINAL,
+        "cpu": args.cpu,
         "engine_rev": engine_revision(),
         "load_before": load_before,
         "load_after": os.getloadavg(),
@@ -204,7 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ["engine + dashboard", dash_rate.fmt(), str(dash_rate.n)],
             ],
         )
-        print(f"W1: {args.jobs:,} no-op jobs, {WORKERS} workers, autoscale off")
+        pinned = "" if args.cpu is None else f", both sides on CPU {args.cpu}"
+        print(f"W1: {args.jobs:,} no-op jobs, {WORKERS} workers, autoscale off{pinned}")
         print(table)
         print(
             f"ratio (dashboard / alone): {ratio:.3f} (per pair {ratios.fmt('.3f')}); "

@@ -21,6 +21,7 @@ The app does not own the source: whoever made it closes it after ``run()`` retur
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -170,6 +171,7 @@ class DashboardApp(App[None]):
         self.set_reactive(DashboardApp.refresh_s, float(refresh_s))
         self._timer: Timer | None = None
         self._poll_pool: ThreadPoolExecutor | None = None  # the poll thread, while mounted
+        self._heap_frozen = False  # see _freeze_heap
         self._polling = False  # a poll is in flight
         self._poll_again = False  # ... and another was asked for meanwhile
         self._dlq_generation = 0  # bumped whenever the DLQ page must be read again
@@ -208,8 +210,23 @@ class DashboardApp(App[None]):
         self._poll_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tui-dispatch-poll")
         self._timer = self.set_interval(self.refresh_s, self.poll, name="poll")
         self.poll()
+        self.call_after_refresh(self._freeze_heap)
+
+    def _freeze_heap(self) -> None:
+        """Move the objects alive now (widgets, styles, CSS: long-lived) out of the collector's way.
+
+        The engine's job churn triggers many garbage collections; without this, every full one
+        would rescan the screen's tens of thousands of objects, which costs the engine several
+        percent of its throughput. Undone when the app unmounts.
+        """
+        gc.collect()
+        gc.freeze()
+        self._heap_frozen = True
 
     def on_unmount(self) -> None:
+        if self._heap_frozen:
+            gc.unfreeze()
+            self._heap_frozen = False
         if self._poll_pool is not None:
             self._poll_pool.shutdown(wait=True, cancel_futures=True)
 

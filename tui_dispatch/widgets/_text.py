@@ -12,9 +12,10 @@ __all__ = ["LiveText", "Titled"]
 class LiveText(Static):
     """A :class:`Static` showing markup, updated with :meth:`show`.
 
-    The dashboard rewrites its figures several times a second. Unchanged markup costs nothing;
-    markup whose lines keep their lengths (a counter going from 1,204 to 1,377) is repainted
-    without a layout pass, as long as no line needs wrapping. Anything else re-lays-out.
+    The dashboard rewrites its figures several times a second. Unchanged markup costs nothing.
+    New markup is repainted without a layout pass when its size cannot change: the same number
+    of lines, none of them wrapping, and either the same line lengths (a counter going from
+    1,204 to 1,377) or a width set by CSS rather than by the text. Anything else re-lays-out.
     """
 
     def __init__(
@@ -40,7 +41,14 @@ class LiveText(Static):
         content = Content.from_markup(markup)
         shape = self._measure(content)
         fits = max(shape, default=0) <= self.content_region.width
-        same_size = self.is_mounted and shape == self._shape and fits
+        width = self.styles.width
+        sized_by_text = width is None or width.is_auto
+        same_size = (
+            self.is_mounted
+            and fits
+            and len(shape) == len(self._shape)
+            and (shape == self._shape or not sized_by_text)
+        )
         self._markup, self._shape = markup, shape
         self.update(content, layout=not same_size)
 
