@@ -4,7 +4,9 @@ W1 is 100,000 no-op jobs on 4 workers, autoscaling off, submitted with ``submit_
 waited for with ``Dispatcher.join``. The two sides run the very same code; on the dashboard
 side a headless ``tui_dispatch`` app (``App.run_test``, 160x48) watches the engine through a
 ``LiveSource`` and polls it at its default rate while the jobs run. The clock covers submission
-and the wait, not the app's start-up.
+and the wait, not the app's start-up. A third side runs the dashboard with its
+``gc.freeze()`` turned off, to show how much of its cost is the collector rescanning the
+screen's objects.
 
 Every run is a fresh interpreter (``bench._util.run_child``); the sides alternate (A B A B ...)
 so a slow spell of the machine hits both. The goal is a ratio >= 0.9: the screen costs the
@@ -100,9 +102,13 @@ class _NoBursts:
 
 
 def w1_with_dashboard(
-    n: int, workers: int, cpu: int | None = None, refresh_s: float | None = None
+    n: int, workers: int, cpu: int | None = None, freeze_gc: bool = True
 ) -> dict[str, Any]:
-    """W1 while a headless dashboard polls the engine (``refresh_s``: None for the default)."""
+    """W1 while a headless dashboard polls the engine at its default rate.
+
+    ``freeze_gc=False`` turns off the app's ``gc.freeze()`` of its own objects, to show what
+    that buys.
+    """
     _pin(cpu)
     import asyncio
 
@@ -113,7 +119,7 @@ def w1_with_dashboard(
 
     d = _make_dispatcher(workers)
     source = LiveSource(d, _NoBursts())
-    app = make_app(source) if refresh_s is None else make_app(source, refresh_s=refresh_s)
+    app = make_app(source, freeze_gc=freeze_gc)
     out: dict[str, Any] = {}
 
     async def run() -> None:
@@ -185,24 +191,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(
             f"--cpu must be one of the CPUs this process may use: {sorted(os.sched_getaffinity(0))}"
         )
-    kwargs = {"n": args.jobs, "workers": WORKERS, "cpu": args.cpu}
-    plain: list[dict[str, Any]] = []
-    dash: list[dict[str, Any]] = []
+    base = {"n": args.jobs, "workers": WORKERS, "cpu": args.cpu}
+    sides = [  # (key, label, child function, kwargs); the first is the baseline
+        ("alone", "engine alone", "w1_plain", base),
+        ("dashboard", "engine + dashboard", "w1_with_dashboard", base),
+        (
+            "dashboard_no_freeze",
+            "engine + dashboard, gc.freeze off",
+            "w1_with_dashboard",
+            {**base, "freeze_gc": False},
+        ),
+    ]
+    runs: dict[str, list[dict[str, Any]]] = {key: [] for key, *_ in sides}
     started = time.perf_counter()
     for rep in range(1, reps + 1):
-        for name, runs in (("w1_plain", plain), ("w1_with_dashboard", dash)):
-            result = run_child_undisturbed(MODULE, name, kwargs, max_others=max_others)
-            runs.append(result)
+        for key, label, function, kwargs in sides:
+            result = run_child_undisturbed(MODULE, function, kwargs, max_others=max_others)
+            runs[key].append(result)
             log(
-                f"rep {rep}/{reps} {name}: {result['jobs_per_s']:,.0f} jobs/s "
+                f"rep {rep}/{reps} {label}: {result['jobs_per_s']:,.0f} jobs/s "
                 f"(others {result['others_cpu']:.0%}, tries {result['tries']})"
             )
-    plain_rate = Summary.of([r["jobs_per_s"] for r in plain])
-    dash_rate = Summary.of([r["jobs_per_s"] for r in dash])
-    ratios = Summary.of(
-        [d["jobs_per_s"] / p["jobs_per_s"] for p, d in zip(plain, dash, strict=True)]
-    )
-    ratio = dash_rate.median / plain_rate.median
+    rates = {key: Summary.of([r["jobs_per_s"] for r in runs[key]]) for key in runs}
+    alone = rates["alone"].median
+    ratio = rates["dashboard"].median / alone
     results = {
         "module": MODULE,
         "command": " ".join(sys.orig_argv),
@@ -216,32 +228,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_before": load_before,
         "load_after": os.getloadavg(),
         "wall_s": time.perf_counter() - started,
-        "plain_jobs_per_s": plain_rate.to_dict(),
-        "dashboard_jobs_per_s": dash_rate.to_dict(),
-        "ratio_of_medians": ratio,
-        "ratio_per_pair": ratios.to_dict(),
+        "jobs_per_s": {key: rates[key].to_dict() for key in rates},
+        "ratio_of_medians": {key: rates[key].median / alone for key in rates},
         "goal": GOAL,
         "meets_goal": ratio >= GOAL,
-        "polls_per_run": [r["polls"] for r in dash],
-        "raw": {"plain": plain, "dashboard": dash},
+        "polls_per_run": [r["polls"] for r in runs["dashboard"]],
+        "raw": runs,
     }
     if args.json != "-":
         table = markdown_table(
-            ["side", "jobs/s median (min-max)", "runs"],
+            ["side", "jobs/s median (min-max)", "vs alone", "runs"],
             [
-                ["engine alone", plain_rate.fmt(), str(plain_rate.n)],
-                ["engine + dashboard", dash_rate.fmt(), str(dash_rate.n)],
+                [label, rates[key].fmt(), f"{rates[key].median / alone:.3f}", str(rates[key].n)]
+                for key, label, *_ in sides
             ],
         )
-        pinned = "" if args.cpu is None else f", both sides on CPU {args.cpu}"
+        pinned = "" if args.cpu is None else f", every run on CPU {args.cpu}"
         print(f"W1: {args.jobs:,} no-op jobs, {WORKERS} workers, autoscale off{pinned}")
         print(table)
         print(
-            f"ratio (dashboard / alone): {ratio:.3f} (per pair {ratios.fmt('.3f')}); "
-            f"goal >= {GOAL}: {'met' if ratio >= GOAL else 'NOT met'}"
-        )
-        print(
-            f"dashboard polls per run: {results['polls_per_run']} at every {dash[0]['refresh_s']:g}s"
+            f"ratio (dashboard / alone): {ratio:.3f}; goal >= {GOAL}: "
+            f"{'met' if ratio >= GOAL else 'NOT met'}; dashboard polls per run "
+            f"{results['polls_per_run']} at every {runs['dashboard'][0]['refresh_s']:g}s"
         )
     if args.json:
         write_json(args.json, results)

@@ -122,6 +122,9 @@ class DashboardApp(App[None]):
         small_burst: jobs submitted by ``b``.
         large_burst: jobs submitted by ``B``.
         failing_burst: always-failing jobs submitted by ``f``.
+        freeze_gc: once the screen is built, ``gc.freeze()`` its objects until the app
+            unmounts (see :meth:`_freeze_heap`); turn it off if your program manages the
+            collector itself.
     """
 
     CSS_PATH = "app.tcss"
@@ -151,6 +154,7 @@ class DashboardApp(App[None]):
         small_burst: int = 100,
         large_burst: int = 10_000,
         failing_burst: int = 100,
+        freeze_gc: bool = True,
     ) -> None:
         for name, value in (
             ("small_burst", small_burst),
@@ -171,6 +175,7 @@ class DashboardApp(App[None]):
         self.set_reactive(DashboardApp.refresh_s, float(refresh_s))
         self._timer: Timer | None = None
         self._poll_pool: ThreadPoolExecutor | None = None  # the poll thread, while mounted
+        self._freeze_gc = freeze_gc
         self._heap_frozen = False  # see _freeze_heap
         self._polling = False  # a poll is in flight
         self._poll_again = False  # ... and another was asked for meanwhile
@@ -210,7 +215,8 @@ class DashboardApp(App[None]):
         self._poll_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tui-dispatch-poll")
         self._timer = self.set_interval(self.refresh_s, self.poll, name="poll")
         self.poll()
-        self.call_after_refresh(self._freeze_heap)
+        if self._freeze_gc:
+            self.call_after_refresh(self._freeze_heap)
 
     def _freeze_heap(self) -> None:
         """Move the objects alive now (widgets, styles, CSS: long-lived) out of the collector's way.
@@ -599,6 +605,7 @@ def make_app(
     small_burst: int = 100,
     large_burst: int = 10_000,
     failing_burst: int = 100,
+    freeze_gc: bool = True,
 ) -> DashboardApp:
     """The dashboard over ``source``; call ``.run()`` on it. See :class:`DashboardApp`.
 
@@ -611,4 +618,5 @@ def make_app(
         small_burst=small_burst,
         large_burst=large_burst,
         failing_burst=failing_burst,
+        freeze_gc=freeze_gc,
     )

@@ -602,3 +602,17 @@ async def test_500_workers_stay_responsive_and_render_only_visible_lines() -> No
         await pilot.pause()
         last_line = str(workers.render_line(workers.size.height - 1).text)
         assert last_line.strip().startswith("500 ")
+
+
+async def test_the_screen_is_frozen_out_of_the_gc_only_while_it_runs() -> None:
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    source = idle()
+    async with running(source) as pilot:
+        await wait_until(pilot, lambda: gc.get_freeze_count() > 0)
+    assert gc.get_freeze_count() == 0
+    app = make_app(idle(), freeze_gc=False)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle(pilot)
+        assert gc.get_freeze_count() == 0
