@@ -238,3 +238,18 @@ async def test_keys_drive_a_live_engine(dispatcher: Dispatcher) -> None:
             assert dispatcher.state is EngineState.STOPPED
     finally:
         source.close()
+
+
+def test_a_forceful_shutdown_escalates_a_drain(dispatcher: Dispatcher, gate: Gate) -> None:
+    source = LiveSource(dispatcher, TestWorkload(gate.job))
+    source.burst(6)
+    gate.wait_entered(2)
+    source.shutdown(graceful=True)
+    assert source.snapshot().state is EngineState.DRAINING
+    source.shutdown(graceful=False)  # the drain is stuck behind the gate: stop now
+    eventually(lambda: source.snapshot().state is EngineState.STOPPED, "the escalated stop")
+    gate.opened.set()
+    source.close()
+    snap = source.snapshot()
+    assert snap.counters.cancelled == 6 and snap.consistent
+    assert source.report is not None and source.report.forceful
