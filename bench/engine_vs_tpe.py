@@ -542,11 +542,11 @@ def _value(workload: Workload, run: dict[str, Any]) -> float:
 
 def run_workload(workload: Workload, reps: int, *, log: Callable[[str], None],
                  baselines_only: bool = False, max_others: float | None = 0.10,
-                 cpus: Sequence[int] | None = None) -> None:
+                 cpus: Sequence[int] | None = None, tries: int = 3) -> None:
     """Measure every side ``reps`` times, each run in a fresh subprocess, alternating the order.
 
     With ``max_others`` set, a run during which other processes used more than that share of
-    the CPUs is repeated (up to 3 runs; the least disturbed is kept).
+    the CPUs is repeated (up to ``tries`` runs; the least disturbed is kept).
     """
     sides = tuple(s for s in workload.sides if not baselines_only or not s.engine)
     for side in sides:
@@ -558,7 +558,7 @@ def run_workload(workload: Workload, reps: int, *, log: Callable[[str], None],
                 result = run_child(MODULE, side.function, side.kwargs, cpus=cpus)
             else:
                 result = run_child_undisturbed(MODULE, side.function, side.kwargs,
-                                               max_others=max_others, cpus=cpus)
+                                               max_others=max_others, cpus=cpus, tries=tries)
             workload.runs[side.label].append(result)
             unit = "B/job" if workload.kind == "memory" else "jobs/s"
             log(f"{workload.key} rep {rep + 1}/{reps} {side.label}: {_value(workload, result):,.1f} {unit}"
@@ -665,8 +665,11 @@ def render(results: dict[str, Any]) -> str:
     others = [r.get("others_cpu", 0.0) for runs in results["raw"].values() for side in runs.values() for r in side]
     tries = [r.get("tries", 1) for runs in results["raw"].values() for side in runs.values() for r in side]
     if others:
+        limit = results.get("max_others", 1.0)
+        still = sum(1 for o in others if o > limit)
         lines.append(f"Other processes used {Summary.of(others).fmt('.1%')} of the CPUs during the kept runs "
-                     f"(median, range); {sum(tries) - len(tries)} disturbed runs were repeated.")
+                     f"(median, range); {sum(tries) - len(tries)} disturbed runs were repeated; "
+                     f"{still} of {len(others)} kept runs stayed above {limit:.0%}.")
     m = results["machine"]
     if results.get("cpus") is not None:
         lines.append(f"Every run was pinned to CPU(s) {','.join(map(str, results['cpus']))}.")
@@ -688,12 +691,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-others", type=float, default=0.10, metavar="FRACTION",
                         help="repeat a run (up to 3 tries) when other processes used more than this "
                              "share of the CPUs during it; 1 turns the check off (default 0.10)")
+    parser.add_argument("--tries", type=int, default=3, metavar="N",
+                        help="runs at most per measurement when other processes disturb it (default 3)")
     parser.add_argument("--cpus", metavar="LIST", default=None,
                         help="pin every run to these CPUs, e.g. '0' or '0,1' (default: all)")
     parser.add_argument("--baselines-only", action="store_true",
                         help="run only the ThreadPoolExecutor sides (checks the harness without the engine)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     reps = check_reps(args, parser)
+    if args.tries < 1:
+        parser.error(f"--tries must be an integer >= 1; got {args.tries}")
+    if not 0 < args.max_others <= 1:
+        parser.error(f"--max-others must be a fraction in (0, 1]; got {args.max_others}")
     cpus: list[int] | None = None
     if args.cpus is not None:
         try:
@@ -715,12 +724,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     for workload in chosen:
         run_workload(workload, reps, log=log, baselines_only=args.baselines_only,
-                     max_others=None if args.max_others >= 1 else args.max_others, cpus=cpus)
+                     max_others=None if args.max_others >= 1 else args.max_others, cpus=cpus,
+                     tries=args.tries)
     results = {
         "module": MODULE,
         "command": " ".join(sys.orig_argv),
         "machine": machine_info(),
         "reps": reps,
+        "max_others": args.max_others,
         "cpus": cpus,
         "engine_rev": engine_rev_before,
         "engine_rev_after": engine_revision(),
