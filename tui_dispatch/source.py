@@ -8,10 +8,11 @@ timer and sends the user's commands back through the same object. Three kinds ex
   how to submit bursts of jobs to it;
 * :class:`FixedSource` serves fixed, seeded values for tests and screenshots: no threads, no
   time, and a record of every command it received;
-* a fleet source reading a shared Redis store can follow the same protocol later.
+* ``tui_dispatch.fleet_source.FleetSource`` watches a fleet of worker processes through Redis.
 
-Every method of a source may be called from any thread; the app calls them from Textual
-thread workers, never from its UI thread.
+Every method of a source may be called from any thread. The app reads (``snapshot``,
+``dlq_list``) on its poll thread and runs commands in Textual thread workers, never on its
+UI thread.
 """
 
 from __future__ import annotations
