@@ -66,6 +66,7 @@ from engine.metrics import (
     Counters,
     DeadLetter,
     EngineState,
+    Latency,
     ScaleEvent,
     ScheduledRetry,
     Snapshot,
@@ -1101,12 +1102,15 @@ class Dispatcher(Executor):
             workers: include the per-worker list (O(workers) to build).
         """
         with self._lock:
-            return self._snapshot_locked(self._now(), workers=workers)
+            snap = self._snapshot_locked(self._now(), workers=workers, latency=False)
+            run_samples, wait_samples = list(self._run_samples), list(self._wait_samples)
+        # Percentiles sort thousands of samples: do it after releasing the lock.
+        return dataclasses.replace(snap, run_time=percentiles(run_samples), queue_wait=percentiles(wait_samples))
 
     def _unfinished_locked(self) -> int:
         return self._in_flight + self._broker.backlog_len() + self._broker.scheduled_len()
 
-    def _snapshot_locked(self, now: float, *, workers: bool) -> Snapshot:
+    def _snapshot_locked(self, now: float, *, workers: bool, latency: bool = True) -> Snapshot:
         broker = self._broker
         oldest = broker.oldest_enqueued_at()
         busy = idle = retiring = 0
@@ -1167,8 +1171,8 @@ class Dispatcher(Executor):
             oldest_wait_s=0.0 if oldest is None else max(0.0, now - oldest),
             dlq_size=broker.dlq_len(),
             throughput_per_s=throughput,
-            run_time=percentiles(self._run_samples),
-            queue_wait=percentiles(self._wait_samples),
+            run_time=percentiles(self._run_samples) if latency else Latency(),
+            queue_wait=percentiles(self._wait_samples) if latency else Latency(),
             workers=tuple(worker_snaps),
             retries_by_attempt=tuple(sorted(self._retries_by_attempt.items())),
             next_retries=next_retries,

@@ -475,7 +475,7 @@ def test_a_failing_log_handler_does_not_stop_the_timer(make_dispatcher, clock: F
 def test_snapshots_stay_consistent_under_load(make_dispatcher):
     d = make_dispatcher(min_workers=4, max_workers=4, retry=RetryPolicy(max_retries=1, base_s=0.0))
     rnd = random.Random(3)
-    outcomes = [rnd.random() < 0.2 for _ in range(5_000)]
+    outcomes = [rnd.random() < 0.2 for _ in range(20_000)]
 
     def job(fail: bool) -> None:
         if fail:
@@ -500,7 +500,7 @@ def test_snapshots_stay_consistent_under_load(make_dispatcher):
         watcher.join(WAIT_S)
     assert not bad
     c = d.snapshot().counters
-    assert c.succeeded + c.dead_lettered == 5_000
+    assert c.succeeded + c.dead_lettered == 20_000
     assert c.dead_lettered == sum(1 for h in handles if h.exception() is not None)
     assert c.dead_lettered == sum(outcomes)  # failing jobs fail both attempts
 
