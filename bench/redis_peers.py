@@ -18,11 +18,15 @@ Workloads, each run against workers that are started, warmed up (16 jobs) and id
 
 Each repetition runs every side once, in a rotated order (each side goes first once in a
 while); results are the median and range of the repetitions. Ratios compare tui-dispatch with
-the fastest peer (by median) and with the bare loop, repetition by repetition.
+the fastest peer (by median) and with the bare loop, repetition by repetition. Before each run
+the CPUs must be quiet (up to 10 s of waiting); a run during which other processes took more
+than ``--max-others`` of the CPUs is repeated, up to ``--tries`` runs, keeping the least
+disturbed. The CPU time per job of the workers, the producer and Redis is reported too.
 
 Run: ``make bench-peers`` (creates ``bench/.peers`` from ``bench/peers/requirements.txt``, then
 runs this), or ``python -m bench redis_peers [--reps N] [--quick] [--full] [--sides a,b]
-[--json PATH] [--redis URL] [--peers-python PATH]``. Without ``bench/.peers`` (or without a
+[--tries N] [--max-others F] [--json PATH] [--redis URL] [--peers-python PATH]``. Results:
+``docs/benchmarks.md``, section "Redis broker vs peers". Without ``bench/.peers`` (or without a
 Redis that answers) it prints why and exits 0, so ``make bench`` runs the other benchmarks.
 """
 
