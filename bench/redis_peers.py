@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p99 = Summary.of([w["p99_ms"] for w in waits]) if waits else None
         n1, n2 = sizes(spec)
         note = [] if len(good) == reps else [f"{reps - len(good)} of {reps} runs failed"]
-        if spec.key in CAPS and not args.full:
+        if (n1, n2) != (n_noop, n_fail):
             note.append(f"R1 {n1:,}, R2 {n2:,} jobs")
         if fastest is not None and spec.key == fastest.key:
             note.append("fastest peer in R1")
