@@ -181,6 +181,23 @@ def decode_payload(text: str) -> JobPayload:
         raise MalformedPayload(f"malformed payload: cannot be decoded ({type(exc).__name__})") from None
 
 
+_MAX_NESTING = 128  # producers refuse arguments nested deeper than 100 levels (check_json_args)
+
+
+def _nesting(obj: object) -> int:
+    """How deeply lists and objects nest in decoded JSON, without recursion."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list):
+            deepest = max(deepest, depth)
+            if depth <= _MAX_NESTING:
+                stack.extend((item, depth + 1) for item in value if isinstance(item, (list, dict)))
+    return deepest
+
+
 def _decode_payload(text: str) -> JobPayload:
     if not isinstance(text, str):
         raise MalformedPayload(f"malformed payload: expected JSON text, got {type(text).__name__}")
@@ -197,6 +214,8 @@ def _decode_payload(text: str) -> JobPayload:
         raise MalformedPayload(f"malformed payload: not JSON ({exc}): {text[:80]!r}") from None
     if not isinstance(obj, dict):
         raise MalformedPayload(f"malformed payload: expected a JSON object, got {type(obj).__name__}")
+    if _nesting(obj) > _MAX_NESTING:  # the same on every Python, whatever its parser's own limit
+        raise MalformedPayload("malformed payload: JSON nested too deeply")
     task = obj.get("task")
     if not isinstance(task, str) or not _TASK_NAME.match(task):
         raise MalformedPayload(f"malformed payload: 'task' must be a task name, got {_short(task)}")
