@@ -768,9 +768,17 @@ class Dispatcher(Executor):
                 delay = job.options.retry.delay(retry_no, self._rng)
             self._c_retries += 1
             self._retries_by_attempt[retry_no] = self._retries_by_attempt.get(retry_no, 0) + 1
-            job._job_state = JobState.SCHEDULED
             job._state = PENDING
-            self._broker.schedule(job, self._now() + delay)
+            now = self._now()
+            if delay <= 0:  # due at once: straight back to the backlog, no trip through the timer
+                job._job_state = JobState.QUEUED
+                job._enqueued_at = now
+                self._broker.push(job)
+                if self._idle and not self._paused:
+                    self._dispatch_locked()
+                return None
+            job._job_state = JobState.SCHEDULED
+            self._broker.schedule(job, now + delay)
             self._timer_cond.notify()
             return None
         assert entry is not None
