@@ -616,3 +616,27 @@ async def test_the_screen_is_frozen_out_of_the_gc_only_while_it_runs() -> None:
     async with app.run_test(size=(120, 36)) as pilot:
         await settle(pilot)
         assert gc.get_freeze_count() == 0
+
+
+# -- LiveText ------------------------------------------------------------------------------------
+async def test_live_text_grows_after_a_reflow_that_beat_its_own_layout_request() -> None:
+    """New lines get their height even when a screen reflow ran while a layout was pending.
+
+    This is the window the first poll hit at 80x24 on Python 3.12+: the latency table kept the
+    one-line height of its empty text.
+    """
+    from textual.app import App, ComposeResult
+
+    class One(App[None]):
+        def compose(self) -> ComposeResult:
+            yield LiveText(id="text")
+
+    async with One().run_test(size=(40, 10)) as pilot:
+        text = pilot.app.query_one("#text", LiveText)
+        assert text.size.height == 1
+        text.refresh(layout=True)  # a layout request still pending when the screen reflows
+        pilot.app.screen._refresh_layout()
+        text.show("one\ntwo\nthree")
+        await pilot.pause()
+        await pilot.pause()
+        assert text.size.height == 3

@@ -50,6 +50,13 @@ class LiveText(Static):
             and (shape == self._shape or not sized_by_text)
         )
         self._markup, self._shape = markup, shape
+        if not same_size:
+            # Textual 8.2's ``refresh(layout=True)`` only invalidates this widget's cached box
+            # model when no layout request is already pending. A screen reflow (a resize, the
+            # breakpoint classes) can lay the widget out with its old text while its own request
+            # is still pending; the new text would then keep the old height (on 3.12+ the first
+            # poll lands in that window at 80x24: the latency table showed one line of three).
+            self._layout_updates += 1
         self.update(content, layout=not same_size)
 
 
