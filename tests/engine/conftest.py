@@ -12,21 +12,14 @@ from typing import Any
 import pytest
 
 from engine import Dispatcher, FakeClock
+from tests.waiting import wait_until
 
 WAIT_S = 5.0  # the bound on every wait in these tests
 
 
 def eventually(predicate: Callable[[], Any], timeout_s: float = WAIT_S, what: str = "") -> Any:
     """Wait (bounded) until ``predicate()`` is truthy; return its value. Fails the test on timeout."""
-    deadline = time.monotonic() + timeout_s
-    pause = threading.Event()
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what or predicate}")
-        pause.wait(0.002)
+    return wait_until(predicate, timeout_s, what, poll_s=0.002)
 
 
 class Gate:

@@ -8,8 +8,6 @@ The tests run against a real Redis (``TUI_DISPATCH_REDIS_URL``, default
 from __future__ import annotations
 
 import os
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,6 +17,7 @@ import redis
 
 from engine import FakeClock
 from engine.brokers.redis import RedisQueue
+from tests.waiting import wait_until
 
 REDIS_URL = os.environ.get("TUI_DISPATCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRE = os.environ.get("TUI_DISPATCH_REQUIRE_REDIS") == "1"
@@ -102,15 +101,7 @@ def raw(redis_url: str) -> Iterator[redis.Redis]:
 
 def eventually(predicate: Callable[[], Any], timeout_s: float = WAIT_S, what: str = "") -> Any:
     """Wait (bounded) until ``predicate()`` is truthy; return its value. Fails the test on timeout."""
-    deadline = time.monotonic() + timeout_s
-    pause = threading.Event()
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what or predicate}")
-        pause.wait(0.01)
+    return wait_until(predicate, timeout_s, what, poll_s=0.01)
 
 
 def advance_live(queue: RedisQueue, clock: FakeClock, seconds: float) -> None:
