@@ -111,6 +111,7 @@ class _Poll:
     dlq_generation: int
     dlq_offset: int
     dlq_page: tuple[DeadLetter, ...] | None  # None: the DLQ did not change, no page was read
+    notices: tuple[tuple[float, str], ...] = ()  # the source's connection notes, if it keeps any
 
 
 class DashboardApp(App[None]):
@@ -291,13 +292,15 @@ class DashboardApp(App[None]):
     ) -> _Poll:
         """One poll, on the poll thread: the snapshot, and the DLQ page if it changed."""
         snap = self.source.snapshot()
+        notices = getattr(self.source, "notices", None)  # optional: a fleet's outages and recoveries
+        noted = tuple(notices()) if callable(notices) else ()
         if _dlq_key(snap) == shown_key:
-            return _Poll(snap, generation, offset, None)
+            return _Poll(snap, generation, offset, None, noted)
         size = snap.dlq_size
         if offset >= size:  # entries went away under the page: show the last page
             offset = max(0, (size - 1) // limit * limit)
         page = tuple(self.source.dlq_list(offset, limit)) if size else ()
-        return _Poll(snap, generation, offset, page)
+        return _Poll(snap, generation, offset, page, noted)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.group == "command":
@@ -309,6 +312,8 @@ class DashboardApp(App[None]):
             self.dlq.show_page(result.dlq_offset, result.dlq_page, result.snapshot.dlq_size)
             self._dlq_key = _dlq_key(result.snapshot)
             self._dlq_shown_generation = result.dlq_generation
+        if result.notices:
+            self.event_log.add_notices(result.notices, result.snapshot)
         self.snapshot = result.snapshot
 
     def _poll_failed(self, error: BaseException) -> None:

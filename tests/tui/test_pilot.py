@@ -640,3 +640,28 @@ async def test_live_text_grows_after_a_reflow_that_beat_its_own_layout_request()
         await pilot.pause()
         await pilot.pause()
         assert text.size.height == 3
+
+
+class _NoticingSource(FixedSource):
+    """A fixed source that, like the Redis fleet source, keeps connection notices."""
+
+    def __init__(self, base: FixedSource, notices: list[tuple[float, str]]) -> None:
+        super().__init__(base.snapshot(), label="fleet with notices")
+        self._notices = notices
+
+    def notices(self) -> list[tuple[float, str]]:
+        return list(self._notices)
+
+
+async def test_a_sources_connection_notices_reach_the_log_once() -> None:
+    base = idle()
+    snap = base.snapshot()
+    started = snap.taken_at - snap.uptime_s
+    source = _NoticingSource(base, [(started + 5, "Redis unreachable: connection refused"),
+                                    (started + 9, "Redis reachable again after 4.0s")])
+    async with running(source) as pilot:
+        app = pilot.app
+        await wait_until(pilot, lambda: app.polls >= 3)
+        texts = [line.plain for line in app.event_log.lines]
+    noticed = [t for t in texts if "Redis" in t]
+    assert noticed == ["+0:00:05 Redis unreachable: connection refused", "+0:00:09 Redis reachable again after 4.0s"]

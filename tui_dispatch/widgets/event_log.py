@@ -74,7 +74,7 @@ class LogFeed:
             self._seen.discard(self._seen_order.popleft())
 
 
-_STYLE = {"metrics": "", "scale": "bold", "state": "bold italic"}
+_STYLE = {"metrics": "", "scale": "bold", "state": "bold italic", "notice": "bold yellow"}
 
 
 class EventLog(VerticalScroll):
@@ -92,6 +92,7 @@ class EventLog(VerticalScroll):
         self.feed = LogFeed()
         self._lines: deque[Text] = deque(maxlen=MAX_LINES)
         self._body = Static("", id="log-body")
+        self._notices_seen: set[tuple[float, str]] = set()
 
     def compose(self) -> ComposeResult:
         yield self._body
@@ -105,10 +106,20 @@ class EventLog(VerticalScroll):
         """The lines kept, oldest first."""
         return list(self._lines)
 
+    def add_notices(self, notices: tuple[tuple[float, str], ...], snap: Snapshot) -> None:
+        """Log the source's ``(wall time, text)`` notes (a fleet's Redis outages), each once."""
+        started_at = snap.taken_at - snap.uptime_s
+        new = [(at, text) for at, text in notices if (at, text) not in self._notices_seen]
+        for at, text in new:
+            self._notices_seen.add((at, text))
+        self._append([("notice", f"+{uptime(max(0.0, at - started_at))} {text}") for at, text in new])
+
     def watch_snapshot(self, snap: Snapshot | None) -> None:
         if snap is None:
             return
-        new = self.feed.lines(snap)
+        self._append(self.feed.lines(snap))
+
+    def _append(self, new: list[tuple[str, str]]) -> None:
         if not new:
             return
         for kind, line in new:
