@@ -240,7 +240,7 @@ def resolve_target(target: str) -> Callable[..., Any]:
         obj: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         raise WorkloadError(f"--jobs {target!r}: cannot import module {module_name!r} ({_one_line(str(exc))})") from None
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's module raised while importing
+    except (Exception, SystemExit) as exc:
         raise WorkloadError(
             f"--jobs {target!r}: importing module {module_name!r} raised "
             f"{type(exc).__name__}: {_one_line(str(exc))}"
