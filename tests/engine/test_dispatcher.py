@@ -74,9 +74,9 @@ def test_submit_task_by_name_with_json_arguments(make_dispatcher):
     handle = d.submit_task("math.add", 2, b=3)
     assert handle.result(timeout=WAIT_S) == 5
     assert handle.task == "math.add" and handle.name == "math.add"
-    with pytest.raises(UnknownTask, match="'math.sub'"):
+    with pytest.raises(UnknownTask, match=r"'math\.sub'"):
         d.submit_task("math.sub", 1, 2)
-    with pytest.raises(ConfigError, match="argument 0 .*set"):
+    with pytest.raises(ConfigError, match=r"argument 0 .*set"):
         d.submit_task("math.add", {1, 2}, 3)
     assert d.snapshot().counters.submitted == 1  # the bad ones never entered
 
@@ -411,7 +411,7 @@ def test_bounded_intake_blocks_or_raises(make_dispatcher):
         d.submit(abs, n)
     with pytest.raises(QueueFull, match=r"backlog is full \(3/3 jobs\)"):
         d.submit_job(abs, (1,), block=False)
-    with pytest.raises(QueueFull, match="stayed full for 0.01s"):
+    with pytest.raises(QueueFull, match=r"stayed full for 0\.01s"):
         d.submit_job(abs, (1,), block_timeout_s=0.01)
     with pytest.raises(QueueFull, match="batch of 4 jobs cannot fit"):
         d.submit_many(abs, [(1,)] * 4)
