@@ -439,7 +439,7 @@ def run_headless(
                             "Ctrl-C drains, twice cancels"
                         )
                     snap = dispatcher.snapshot(workers=False)
-                    peak = max(peak, snap.workers_total)
+                    peak = _peak(peak, snap)
                     output.update(snap, phase)
                     if not burst:  # a job factory that made nothing: don't spin
                         output.say(f"{_PREFIX}: the workload submitted no jobs; stopping at {len(handles)}")
@@ -472,7 +472,7 @@ def run_headless(
                         if not all(t.is_alive() for t in shutdowns):  # one finished: all are done
                             break
                     snap = dispatcher.snapshot(workers=False)
-                    peak = max(peak, snap.workers_total)
+                    peak = _peak(peak, snap)
                     output.update(snap, phase)
                 clean = True
             finally:
@@ -493,7 +493,7 @@ def run_headless(
             reports=reports,
             interrupted={"running": "none", "draining": "graceful"}.get(phase, "forceful"),
             duration_s=ended - started,
-            peak_workers=max(peak, final.workers_total),
+            peak_workers=_peak(peak, final),
         )
         if json_output:
             out.write(json.dumps(summary.to_json(), indent=2) + "\n")
@@ -504,3 +504,8 @@ def run_headless(
     finally:
         if install_signals:
             signal.signal(signal.SIGINT, previous)
+
+
+def _peak(peak: int, snap: Snapshot) -> int:
+    """The most workers seen so far: sampled sizes, and each scaling event's result in between."""
+    return max(peak, snap.workers_total, *(event.workers_after for event in snap.scale_events))

@@ -311,3 +311,16 @@ def test_bad_input_in_a_real_process(tmp_path: Path) -> None:
     (tmp_path / "exploding.py").write_text("raise ImportError('needs numpy')\n", encoding="utf-8")
     assert_one_line_error(run_cli("--headless", "--jobs", "exploding:run", cwd=tmp_path),
                           "importing module 'exploding' raised ImportError: needs numpy")
+
+
+def test_peak_workers_counts_scaling_between_samples() -> None:
+    from engine import ScaleEvent
+    from tui_dispatch.headless import _peak
+    from tui_dispatch.scenarios import build_snapshot
+
+    up_then_down = (ScaleEvent(at=1.0, delta=3, workers_after=4, reason="up"),
+                    ScaleEvent(at=2.0, delta=-3, workers_after=1, reason="down"))
+    snap = build_snapshot(uptime_s=3.0, scale_events=up_then_down)
+    assert snap.workers_total == 0  # the sample itself saw no worker
+    assert _peak(2, snap) == 4
+    assert _peak(7, snap) == 7
