@@ -366,3 +366,17 @@ def write_json(path: str, payload: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     sys.exit(child_main(sys.argv[1:]))
+
+
+def redis_problem(url: str) -> str | None:
+    """Why the Redis at ``url`` cannot be benchmarked (it does not answer a PING), or None."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    try:
+        client.ping()
+        return None
+    except redis.exceptions.RedisError as exc:
+        return f"Redis at {url} does not answer: {exc}"
+    finally:
+        client.close()

@@ -47,11 +47,13 @@ from typing import Any
 from bench._util import (
     REPO_ROOT,
     Summary,
+    _cpu_busy_s,
     check_reps,
     common_parser,
     engine_revision,
     machine_info,
     markdown_table,
+    redis_problem,
     wait_for_quiet,
     write_json,
 )
@@ -93,17 +95,6 @@ CAPS: dict[str, tuple[int, int]] = {"rq-simple": (5_000, 2_000), "rq-fork": (1_0
 600/s and 80/s here). ``--full`` lifts them."""
 
 
-def _busy_cpu_s() -> float:
-    """CPU seconds all processes used since boot, steal included (``/proc/stat``; 0.0 elsewhere)."""
-    try:
-        with open("/proc/stat", encoding="ascii") as stat:
-            fields = stat.readline().split()
-    except OSError:
-        return 0.0
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
 def _children_cpu_s() -> float:
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return kids.ru_utime + kids.ru_stime
@@ -129,14 +120,14 @@ def _run_side(python: str, spec: SideSpec, kwargs: dict[str, Any], timeout_s: fl
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     cmd = [python, "-m", "bench.peers", spec.module, json.dumps({**kwargs, "side": spec.options})]
-    busy, kids, server, started = _busy_cpu_s(), _children_cpu_s(), _redis_cpu_s(kwargs["url"]), time.monotonic()
+    busy, kids, server, started = _cpu_busy_s(), _children_cpu_s(), _redis_cpu_s(kwargs["url"]), time.monotonic()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=REPO_ROOT,
                               env=env, check=False)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout_s:g} s"}
     wall = time.monotonic() - started
-    others = ((_busy_cpu_s() - busy) - (_children_cpu_s() - kids) - (_redis_cpu_s(kwargs["url"]) - server))
+    others = ((_cpu_busy_s() - busy) - (_children_cpu_s() - kids) - (_redis_cpu_s(kwargs["url"]) - server))
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = "\n".join(proc.stderr.strip().splitlines()[-12:])
@@ -165,19 +156,6 @@ def _run_undisturbed(python: str, spec: SideSpec, kwargs: dict[str, Any], *, max
     assert best is not None
     best["tries"] = attempt
     return best
-
-
-def _redis_problem(url: str) -> str | None:
-    import redis
-
-    client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
-    try:
-        client.ping()
-        return None
-    except redis.exceptions.RedisError as exc:
-        return f"Redis at {url} does not answer: {exc}"
-    finally:
-        client.close()
 
 
 def _rates(runs: list[dict[str, Any]], workload: str) -> list[float]:
@@ -223,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"redis_peers: skipped: no peers virtualenv ({args.peers_python} is missing); "
               "`make bench-peers` creates it and runs this benchmark", file=sys.stderr)
         return 0
-    problem = _redis_problem(args.redis)
+    problem = redis_problem(args.redis)
     if problem is not None:
         print(f"redis_peers: skipped: {problem}", file=sys.stderr)
         return 0

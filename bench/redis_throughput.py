@@ -48,6 +48,7 @@ from bench._util import (
     engine_revision,
     machine_info,
     markdown_table,
+    redis_problem,
     run_child,
     write_json,
 )
@@ -174,26 +175,13 @@ def _pct(ordered: Sequence[float], p: float) -> float:
 # ------------------------------------------------------------------------------------------------
 # The parent
 # ------------------------------------------------------------------------------------------------
-def _redis_problem(url: str) -> str | None:
-    import redis
-
-    client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
-    try:
-        client.ping()
-        return None
-    except redis.exceptions.RedisError as exc:
-        return f"Redis at {url} does not answer: {exc}"
-    finally:
-        client.close()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = common_parser(__doc__.splitlines()[0], default_reps=5)
     parser.add_argument("--redis", default=os.environ.get("TUI_DISPATCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
                         help="the Redis to measure on (default: %(default)s)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     reps = check_reps(args, parser)
-    problem = _redis_problem(args.redis)
+    problem = redis_problem(args.redis)
     if problem is not None:
         print(f"redis_throughput: skipped: {problem}", file=sys.stderr)
         return 0
