@@ -11,7 +11,7 @@ Everything public is importable from here::
 
 from __future__ import annotations
 
-from engine.brokers import Broker, MemoryBroker
+from engine.brokers import Broker, MemoryBroker, SharedBroker
 from engine.clock import Clock, FakeClock, RealClock
 from engine.dispatcher import Dispatcher, ShutdownReport
 from engine.errors import (
@@ -23,6 +23,7 @@ from engine.errors import (
     JobTimeout,
     Permanent,
     QueueFull,
+    RemoteJobError,
     RetryAfter,
     UnknownTask,
 )
@@ -82,12 +83,14 @@ __all__ = [
     "Permanent",
     "QueueFull",
     "RealClock",
+    "RemoteJobError",
     "RetryAfter",
     "RetryPolicy",
     "ScaleDecision",
     "ScaleEvent",
     "ScaleStats",
     "ScheduledRetry",
+    "SharedBroker",
     "ShutdownReport",
     "Snapshot",
     "TaskRegistry",

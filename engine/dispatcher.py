@@ -49,7 +49,7 @@ from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from engine.brokers.base import Broker
+from engine.brokers.base import Broker, SharedBroker
 from engine.brokers.memory import MemoryBroker
 from engine.clock import Clock, RealClock
 from engine.errors import (
@@ -163,7 +163,10 @@ class Dispatcher(Executor):
         default_timeout_s: per-attempt timeout for jobs that set none; ``None`` for no limit.
         log_interval_s: seconds between metrics log lines on the ``engine`` logger; 0 turns it off.
         tasks: the :class:`TaskRegistry` used by :meth:`submit_task`.
-        broker: where jobs wait; default a :class:`MemoryBroker` with ``dlq_max``.
+        broker: where jobs wait; default a :class:`MemoryBroker` with ``dlq_max``. A
+            :class:`~engine.brokers.redis.RedisBroker` makes a dispatcher on a Redis queue
+            shared by a fleet (:class:`~engine.redis_dispatcher.RedisDispatcher`; the same
+            API, with the differences its docstring lists).
         clock: the time source; default :class:`RealClock`.
         rng: the source of retry jitter; default ``random.Random()``.
         force_wait_s: how long a forceful shutdown waits for running jobs before abandoning them.
@@ -173,6 +176,13 @@ class Dispatcher(Executor):
     Raises:
         ConfigError: any bad argument, or an unknown one, with what is allowed.
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Dispatcher:
+        # A shared broker (Redis) names its own subclass: Dispatcher(broker=RedisBroker(url)).
+        broker = kwargs.get("broker")
+        if cls is Dispatcher and isinstance(broker, SharedBroker):
+            cls = broker.dispatcher_class()
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -186,7 +196,7 @@ class Dispatcher(Executor):
         default_timeout_s: float | None = None,
         log_interval_s: float = 10.0,
         tasks: TaskRegistry | None = None,
-        broker: Broker | None = None,
+        broker: Broker | SharedBroker | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
         force_wait_s: float = 1.0,
@@ -1464,9 +1474,12 @@ _live_dispatchers: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
 def _shutdown_at_exit() -> None:
     """Like ThreadPoolExecutor: at interpreter exit, finish what was submitted."""
     for dispatcher in list(_live_dispatchers):
-        snap = dispatcher.snapshot(workers=False)
-        if snap.unfinished:
-            log.warning("interpreter exiting: draining %d unfinished jobs of %r", snap.unfinished, dispatcher)
+        try:
+            snap = dispatcher.snapshot(workers=False)
+            if snap.unfinished:
+                log.warning("interpreter exiting: draining %d unfinished jobs of %r", snap.unfinished, dispatcher)
+        except Exception as exc:  # a Redis dispatcher whose Redis is away: still shut it down
+            log.warning("interpreter exiting: %r cannot take a snapshot: %s", dispatcher, exc)
         dispatcher.shutdown(wait=True)
 
 

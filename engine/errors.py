@@ -75,3 +75,32 @@ class RetryAfter(EngineError):
 
 class BrokerUnavailable(EngineError, ConnectionError):
     """The broker's backing store (e.g. Redis) cannot be reached right now."""
+
+
+class RemoteJobError(EngineError):
+    """A job that ran in another process failed for good (it is in the DLQ).
+
+    The original exception cannot cross the process boundary (jobs and results are JSON,
+    never pickles), so this carries what the worker recorded.
+
+    Attributes:
+        job_id: the job's id.
+        exc_type: the qualified name of the exception the job raised (e.g. ``"builtins.ValueError"``).
+        exc_message: its message.
+        remote_traceback: the traceback text, as formatted in the worker.
+        attempts: attempts made.
+        reason: why it was not retried.
+    """
+
+    def __init__(self, job_id: int, exc_type: str, exc_message: str, *, remote_traceback: str = "",
+                 attempts: int = 0, reason: str = "") -> None:
+        short = exc_type.removeprefix("builtins.")
+        tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+        super().__init__(f"job {job_id} failed after {tries}: {short}: {exc_message}"
+                         + (f" ({reason})" if reason else ""))
+        self.job_id = job_id
+        self.exc_type = exc_type
+        self.exc_message = exc_message
+        self.remote_traceback = remote_traceback
+        self.attempts = attempts
+        self.reason = reason

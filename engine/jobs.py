@@ -361,6 +361,7 @@ class TaskRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()  # guards _tasks
         self._tasks: dict[str, Callable[..., Any]] = {}
+        self._names: list[tuple[Callable[..., Any], str]] = []  # (fn, name), for name_of
 
     @overload
     def task(self, fn_or_name: F) -> F: ...
@@ -399,9 +400,11 @@ class TaskRegistry:
             raise ConfigError(f"task {name!r} must be callable; got {fn!r}")
         with self._lock:
             existing = self._tasks.get(name)
-            if existing is not None and existing is not fn:
+            if existing is not None and existing is not fn and existing != fn:
                 raise ConfigError(f"task name {name!r} is already registered to {existing!r}")
-            self._tasks[name] = fn
+            if existing is None:
+                self._tasks[name] = fn
+                self._names.append((fn, name))
 
     def get(self, name: str) -> Callable[..., Any]:
         """The function registered as ``name``.
@@ -415,6 +418,23 @@ class TaskRegistry:
             known = ", ".join(sorted(self._tasks)[:10]) or "none"
             raise UnknownTask(f"unknown task {name!r} (registered: {known})")
         return fn
+
+    def name_of(self, fn: Callable[..., Any]) -> str | None:
+        """The name ``fn`` is registered under (the first, if several), or ``None``.
+
+        Bound methods match by equality (``obj.method`` makes a new object on each access).
+        """
+        with self._lock:
+            for registered, name in self._names:
+                if registered is fn:
+                    return name
+            for registered, name in self._names:
+                try:
+                    if registered == fn:
+                        return name
+                except Exception:  # an odd callable's __eq__ must not break a lookup
+                    continue
+        return None
 
     def names(self) -> tuple[str, ...]:
         with self._lock:

@@ -49,6 +49,7 @@ from engine.brokers.redis import (
     RedisQueue,
     dead_letter_entry,
     decode_payload,
+    encode_result,
 )
 from engine.clock import Clock, RealClock
 from engine.dispatcher import Dispatcher
@@ -771,7 +772,7 @@ class RedisWorker:
         d.started = True
         _current.job = RedisJob(d.job_id, d.attempt, d.job.max_retries, d.job.name, d.job.task)
         try:
-            d.fn(*d.job.args, **d.job.kwargs)
+            result = d.fn(*d.job.args, **d.job.kwargs)
         except BaseException as exc:  # a job can never kill its worker
             if token is None or not token.cancelled():
                 self._failed(d, exc, run_s=self._clock.monotonic() - start, wait_s=wait_s, timed_out=False)
@@ -781,7 +782,9 @@ class RedisWorker:
         # A cancelled token means the local pool gave up on this attempt (it timed out): the
         # done-callback reports it, whatever the task returned.
         if token is None or not token.cancelled():
-            self._settle(d, Outcome.ok(d.job_id, d.token, run_s=self._clock.monotonic() - start, wait_s=wait_s))
+            text, kind = encode_result(result)
+            self._settle(d, Outcome.ok(d.job_id, d.token, run_s=self._clock.monotonic() - start, wait_s=wait_s,
+                                       result=text, result_kind=kind))
 
     def _on_done(self, d: _Delivery, handle: Future[Any]) -> None:
         """Done-callback of the local handle: catches what ``_run`` cannot see (local timeouts)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.brokers.base import Broker
+from engine.brokers.base import Broker, SharedBroker
 from engine.brokers.memory import MemoryBroker
 
-__all__ = ["Broker", "MemoryBroker"]
+__all__ = ["Broker", "MemoryBroker", "SharedBroker"]

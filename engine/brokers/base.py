@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from engine.jobs import JobHandle
 from engine.metrics import DeadLetter
 
-__all__ = ["Broker"]
+__all__ = ["Broker", "SharedBroker"]
 
 
 class Broker(ABC):
@@ -91,3 +91,17 @@ class Broker(ABC):
     @abstractmethod
     def dlq_take_all(self) -> list[tuple[DeadLetter, JobHandle]]:
         """Remove every entry, oldest first."""
+
+
+class SharedBroker(ABC):
+    """A broker whose jobs live in a store that many processes share (Redis).
+
+    Unlike a :class:`Broker`, it is not called under the dispatcher's lock: its structures are
+    changed by atomic operations in the store, and the jobs are registered task names with JSON
+    arguments. ``Dispatcher(broker=shared_broker, ...)`` builds the dispatcher this broker
+    names with :meth:`dispatcher_class`, which keeps the :class:`~engine.Dispatcher` API.
+    """
+
+    @abstractmethod
+    def dispatcher_class(self) -> type:
+        """The :class:`~engine.Dispatcher` subclass that runs on this broker."""

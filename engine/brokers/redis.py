@@ -64,12 +64,14 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from engine.brokers.base import SharedBroker
 from engine.clock import Clock, RealClock
 from engine.errors import BrokerUnavailable, ConfigError, EngineError, JobNotFound
 from engine.jobs import TaskRegistry, check_json_args
 from engine.metrics import DeadLetter
 
 __all__ = [
+    "RedisBroker",
     "RedisQueue",
     "JobPayload",
     "Delivery",
@@ -82,6 +84,7 @@ __all__ = [
     "encode_payload",
     "decode_payload",
     "dead_letter_entry",
+    "encode_result",
     "redact_url",
 ]
 
@@ -269,6 +272,18 @@ def dead_letter_entry(
     )
 
 
+def encode_result(value: Any) -> tuple[str, Literal["ok", "unencodable"]]:
+    """A job's return value as reply text: ``(json_text, "ok")``, or, when JSON cannot carry it,
+    ``(json_string_saying_why, "unencodable")``. Thread-safe (pure); never raises."""
+    if value is None:
+        return "null", "ok"
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False), "ok"
+    except (TypeError, ValueError, RecursionError) as exc:
+        why = f"the result ({type(value).__qualname__}) is not JSON-serialisable: {_short(str(exc))}"
+        return json.dumps(why), "unencodable"
+
+
 # ================================================================================================
 # What the scripts return
 # ================================================================================================
@@ -331,10 +346,17 @@ class Outcome:
     entry: str = ""
     timed_out: bool = False
 
+    result: str = "null"
+    result_kind: Literal["ok", "unencodable"] = "ok"
+
     @classmethod
-    def ok(cls, job_id: int, token: str, *, run_s: float = 0.0, wait_s: float = 0.0) -> Outcome:
-        """The attempt succeeded."""
-        return cls("ok", job_id, token, run_s, wait_s)
+    def ok(
+        cls, job_id: int, token: str, *, run_s: float = 0.0, wait_s: float = 0.0, result: str = "null",
+        result_kind: Literal["ok", "unencodable"] = "ok",
+    ) -> Outcome:
+        """The attempt succeeded. ``result`` is the return value's JSON text (see
+        :func:`encode_result`), sent to the submitting dispatcher if one waits."""
+        return cls("ok", job_id, token, run_s, wait_s, result=result, result_kind=result_kind)
 
     @classmethod
     def retry(
@@ -353,9 +375,14 @@ class Outcome:
         return cls("dead", job_id, token, run_s, wait_s, entry=entry, timed_out=timed_out)
 
     def _fields(self) -> tuple[str, ...]:
-        x1 = repr(self.due_at) if self.kind == "retry" else self.entry
+        x1: str
+        x2: str
+        if self.kind == "ok":
+            x1, x2 = self.result, self.result_kind
+        else:
+            x1, x2 = (repr(self.due_at) if self.kind == "retry" else self.entry), str(self.retry_no)
         return (self.kind, str(self.job_id), self.token, repr(self.run_s), repr(self.wait_s),
-                x1, str(self.retry_no), "1" if self.timed_out else "0")
+                x1, x2, "1" if self.timed_out else "0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,7 +464,7 @@ def _mask_password(match: re.Match[str]) -> str:
 def _load_scripts() -> dict[str, str]:
     base = resources.files("engine.brokers")
     lib = base.joinpath("redis_lib.lua").read_text(encoding="utf-8")
-    names = ("enqueue", "fetch", "settle", "extend", "putback", "recover", "dlq", "read")
+    names = ("enqueue", "fetch", "settle", "extend", "putback", "recover", "dlq", "read", "cancel")
     return {name: lib + base.joinpath(f"redis_{name}.lua").read_text(encoding="utf-8") for name in names}
 
 
@@ -645,11 +672,16 @@ class RedisQueue:
         name: str | None = None,
         max_retries: int | None = None,
         timeout_s: float | None = None,
+        reply_to: str | None = None,
     ) -> list[int]:
         """Enqueue ``task(*args, **kwargs)`` for each ``args`` in ``arg_tuples``. Thread-safe.
 
         Every payload is checked before anything is sent. Jobs go in chunks of 1000 per script
         call; each chunk is atomic and gets consecutive ids.
+
+        ``reply_to`` names a reply list (see :meth:`reply_list`) that is told how each job
+        ended: the result of a success, the DLQ entry of a dead letter. The Redis
+        :class:`~engine.Dispatcher` uses it to complete its handles.
 
         Returns:
             The jobs' ids, in order.
@@ -670,7 +702,7 @@ class RedisQueue:
         now = repr(self._now())
         for start in range(0, len(payloads), _CHUNK):
             chunk = payloads[start:start + _CHUNK]
-            first = int(self._run("enqueue", (now, retries, *chunk)))
+            first = int(self._run("enqueue", (now, retries, reply_to or "", *chunk)))
             ids.extend(range(first, first + len(chunk)))
         return ids
 
@@ -1015,9 +1047,9 @@ class RedisQueue:
             raise JobNotFound(f"no dead-lettered job with id {job_id!r}")
         return found[0]
 
-    def dlq_requeue(self, job_id: int) -> int:
+    def dlq_requeue(self, job_id: int, *, reply_to: str | None = None) -> int:
         """Send one DLQ entry back to the ready list with fresh attempts; it keeps its id.
-        Thread-safe.
+        Thread-safe. Its outcome goes to ``reply_to`` if given (see :meth:`submit_many`).
 
         Returns:
             The job's id.
@@ -1026,13 +1058,31 @@ class RedisQueue:
             JobNotFound: no entry with that id.
             BrokerUnavailable: Redis cannot be reached.
         """
-        done = self._run("dlq", (repr(self._now()), "requeue", int(job_id)))
+        done = self._run("dlq", (repr(self._now()), "requeue", reply_to or "", int(job_id)))
         if not done:
             raise JobNotFound(f"no dead-lettered job with id {job_id!r}")
         return int(done[0])
 
-    def dlq_requeue_all(self) -> list[int]:
-        """Send every DLQ entry back to the ready list, oldest first. Thread-safe.
+    def dlq_requeue_ids(self, job_ids: Iterable[int], *, reply_to: str | None = None) -> list[int]:
+        """Send these DLQ entries back to the ready list (ids not in the DLQ are skipped), in
+        chunks of 1000 per script call. Thread-safe. See :meth:`dlq_requeue`.
+
+        Returns:
+            The ids requeued.
+
+        Raises:
+            BrokerUnavailable: Redis cannot be reached; earlier chunks may have been requeued.
+        """
+        ids = [int(i) for i in job_ids]
+        done: list[int] = []
+        for start in range(0, len(ids), _DLQ_CHUNK):
+            chunk = ids[start:start + _DLQ_CHUNK]
+            done.extend(int(i) for i in self._run("dlq", (repr(self._now()), "requeue", reply_to or "", *chunk)))
+        return done
+
+    def dlq_requeue_all(self, *, reply_to: str | None = None) -> list[int]:
+        """Send every DLQ entry back to the ready list, oldest first. Thread-safe. Their
+        outcomes go to ``reply_to`` if given (see :meth:`submit_many`).
 
         Works in chunks of 1000 entries (one atomic script call each), so a huge DLQ never
         blocks Redis for long; entries dead-lettered after the call began are left alone.
@@ -1043,7 +1093,7 @@ class RedisQueue:
         Raises:
             BrokerUnavailable: Redis cannot be reached; earlier chunks may have been requeued.
         """
-        return self._dlq_chunked("requeue")
+        return self._dlq_chunked("requeue", reply_to or "")
 
     def dlq_delete(self, job_id: int) -> DeadLetter:
         """Remove one DLQ entry for good, returning it. Thread-safe.
@@ -1053,7 +1103,7 @@ class RedisQueue:
             BrokerUnavailable: Redis cannot be reached.
         """
         entry = self.dlq_get(job_id)
-        if not self._run("dlq", (repr(self._now()), "delete", int(job_id))):
+        if not self._run("dlq", (repr(self._now()), "delete", "", int(job_id))):
             raise JobNotFound(f"no dead-lettered job with id {job_id!r}")
         return entry
 
@@ -1065,9 +1115,9 @@ class RedisQueue:
         Raises:
             BrokerUnavailable: Redis cannot be reached; earlier chunks may have been removed.
         """
-        return len(self._dlq_chunked("delete"))
+        return len(self._dlq_chunked("delete", ""))
 
-    def _dlq_chunked(self, command: str) -> list[int]:
+    def _dlq_chunked(self, command: str, reply_to: str) -> list[int]:
         try:
             newest = self._redis.zrange(self.base + "dlq", -1, -1, withscores=True)
         except redis.exceptions.RedisError as exc:
@@ -1077,10 +1127,73 @@ class RedisQueue:
         upto = repr(float(newest[0][1]))  # DLQ scores are a sequence: later entries score higher
         done: list[int] = []
         while True:
-            chunk = self._run("dlq", (repr(self._now()), command, "upto", upto, _DLQ_CHUNK))
+            chunk = self._run("dlq", (repr(self._now()), command, reply_to, "upto", upto, _DLQ_CHUNK))
             done.extend(int(i) for i in chunk)
             if len(chunk) < _DLQ_CHUNK:
                 return done
+
+    # -- cancelling and replies ------------------------------------------------------------------
+    def cancel(self, job_ids: Iterable[int]) -> list[int]:
+        """Cancel jobs that have not started: those waiting in the ready list or for a retry
+        are deleted and counted as cancelled. Jobs leased to a worker, dead-lettered or
+        finished are left alone. Thread-safe.
+
+        Returns:
+            The ids cancelled.
+
+        Raises:
+            BrokerUnavailable: Redis cannot be reached (the jobs may or may not be cancelled).
+        """
+        ids = [int(i) for i in job_ids]
+        done: list[int] = []
+        for start in range(0, len(ids), _CHUNK):
+            done.extend(int(i) for i in self._run("cancel", ids[start:start + _CHUNK]))
+        return done
+
+    def reply_list(self, owner: str) -> str:
+        """The key of ``owner``'s reply list (``owner``: letters, digits, '_', '.', '-', ':')."""
+        if not isinstance(owner, str) or not _NAME.match(owner):
+            raise ConfigError(f"owner must be 1-100 characters of letters, digits, '_', '.', '-' or ':'; got {owner!r}")
+        return f"{self.base}reply:{owner}"
+
+    def take_replies(self, reply_to: str, *, timeout_s: float, count: int = 1000) -> list[str]:
+        """Take up to ``count`` replies from a reply list, waiting up to ``timeout_s`` for the
+        first. Thread-safe; one reader per list.
+
+        Returns:
+            The replies' JSON texts, oldest first (empty on timeout). Each is ``[id, kind,
+            body]``: kind ``"ok"`` with the result's JSON, ``"unencodable"`` with a message
+            (the result was not JSON), or ``"dead"`` with the DLQ entry.
+
+        Raises:
+            BrokerUnavailable: Redis cannot be reached.
+        """
+        try:
+            first = self._redis.blpop([reply_to], timeout=timeout_s)
+            if first is None:
+                return []
+            texts: list[str] = [str(first[1])]
+            if count > 1:
+                more: list[str] | None = self._redis.lpop(reply_to, count - 1)  # type: ignore[assignment]
+                if more:
+                    texts.extend(more)
+            return texts
+        except redis.exceptions.RedisError as exc:
+            raise self._unavailable(exc) from exc
+
+    def wake_replies(self, reply_to: str) -> None:
+        """Wake the reader blocked in :meth:`take_replies` (it gets the reply ``"wake"``)."""
+        try:
+            self._redis.lpush(reply_to, "wake")
+        except redis.exceptions.RedisError as exc:
+            raise self._unavailable(exc) from exc
+
+    def drop_replies(self, reply_to: str) -> None:
+        """Delete a reply list (its reader has gone). Thread-safe."""
+        try:
+            self._redis.delete(reply_to)
+        except redis.exceptions.RedisError as exc:
+            raise self._unavailable(exc) from exc
 
     # -- administration --------------------------------------------------------------------------
     def clear(self) -> int:
@@ -1105,6 +1218,89 @@ class RedisQueue:
         except redis.exceptions.RedisError as exc:
             raise self._unavailable(exc) from exc
         return deleted
+
+
+# ================================================================================================
+# The broker seam: Dispatcher(broker=RedisBroker(url))
+# ================================================================================================
+class RedisBroker(SharedBroker):
+    """Selects a Redis queue for :class:`~engine.Dispatcher`: ``Dispatcher(broker=RedisBroker(url),
+    tasks=registry)`` keeps the dispatcher's API, with the jobs, retries, DLQ and counters in
+    Redis, shared by every process on that queue (see :mod:`engine.redis_dispatcher`).
+
+    Args:
+        url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for TLS, or
+            ``unix:///path.sock``.
+        queue: the queue's name; several queues can share one Redis.
+        prefix: the first part of every key.
+        dlq_max: the most DLQ entries kept (oldest evicted beyond); ``None`` for no cap.
+        lease_s: how long a fetched job stays leased without a heartbeat (a job whose process
+            dies runs again after at most this long).
+        heartbeat_s: seconds between this process's heartbeats and lease renewals.
+        heartbeat_ttl_s: how long a silent process stays visible to dashboards.
+        prefetch: jobs this process fetches beyond its pool size (default ``2 * max_workers``).
+        poll_s: the longest an idle fetcher, or the reply reader, blocks on Redis at a time.
+        connect_timeout_s: TCP connect timeout.
+
+    Raises:
+        ConfigError: a bad argument (a bad URL included), with what is allowed. Nothing is
+            sent to Redis until the dispatcher is built.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        queue: str = "default",
+        prefix: str = "tui-dispatch",
+        dlq_max: int | None = None,
+        lease_s: float = 30.0,
+        heartbeat_s: float = 1.0,
+        heartbeat_ttl_s: float = 60.0,
+        prefetch: int | None = None,
+        poll_s: float = 0.5,
+        connect_timeout_s: float = 2.0,
+    ) -> None:
+        for what, value in (("lease_s", lease_s), ("heartbeat_s", heartbeat_s),
+                            ("heartbeat_ttl_s", heartbeat_ttl_s), ("poll_s", poll_s)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+                raise ConfigError(f"{what} must be a number > 0; got {value!r}")
+        if heartbeat_s >= lease_s / 2:
+            raise ConfigError(
+                f"heartbeat_s ({heartbeat_s:g}) must be below lease_s / 2 ({lease_s / 2:g}) so leases are "
+                "renewed before they expire"
+            )
+        if prefetch is not None and (not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0):
+            raise ConfigError(f"prefetch must be None or an int >= 0; got {prefetch!r}")
+        self.url = url
+        self.queue_name = queue
+        self.prefix = prefix
+        self.dlq_max = dlq_max
+        self.lease_s = float(lease_s)
+        self.heartbeat_s = float(heartbeat_s)
+        self.heartbeat_ttl_s = float(heartbeat_ttl_s)
+        self.prefetch = prefetch
+        self.poll_s = float(poll_s)
+        self.connect_timeout_s = connect_timeout_s
+        # Validates the URL, names and limits now; connects only when used.
+        self.open(None).close()
+
+    def open(self, clock: Clock | None) -> RedisQueue:
+        """A new :class:`RedisQueue` client for this broker's queue, on ``clock``."""
+        return RedisQueue(
+            self.url, queue=self.queue_name, prefix=self.prefix, clock=clock, dlq_max=self.dlq_max,
+            connect_timeout_s=self.connect_timeout_s,
+            # A heartbeat that waits a full socket timeout, twice, must still renew in time.
+            socket_timeout_s=min(5.0, (self.lease_s - self.heartbeat_s) / 2),
+        )
+
+    def dispatcher_class(self) -> type:
+        from engine.redis_dispatcher import RedisDispatcher
+
+        return RedisDispatcher
+
+    def __repr__(self) -> str:
+        return f"RedisBroker({redact_url(self.url)!r}, queue={self.queue_name!r}, prefix={self.prefix!r})"
 
 
 # ================================================================================================

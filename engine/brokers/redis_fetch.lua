@@ -64,4 +64,5 @@ local np = redis.call('ZRANGE', PROC, 0, 0, 'WITHSCORES')
 out[1] = ns[2] or ''
 out[2] = np[2] or ''
 out[7] = jobs
+flush_replies()
 return cjson.encode(out)

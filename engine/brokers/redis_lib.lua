@@ -10,6 +10,7 @@
 --   k  leases lost before the job was reported running
 --   m  max_retries, written at enqueue (so Lua never needs to decode the payload for it)
 --   f  first failure time         x  last failure time          d  DLQ entry (JSON)
+--   y  the reply list of the dispatcher that submitted (or requeued) it, if it waits for one
 -- Times are wall-clock seconds passed in by the caller's clock, never read here.
 
 local B = ARGV[1]
@@ -78,9 +79,39 @@ local function touch(now, grace)
   end
 end
 
+-- Replies tell a dispatcher how the jobs it submitted ended (engine/redis_dispatcher.py). Each
+-- is one JSON array, [id, kind, attempts, body] with kind 'ok' (body: the result's JSON text),
+-- 'unencodable' (it succeeded; body: a JSON string saying why its result is not JSON) or
+-- 'dead' (body: the DLQ entry). A reply list nobody reads (its dispatcher died) expires a day after its last
+-- reply.
+local REPLY_TTL_S = 86400
+local replies = {}  -- reply list -> texts, pushed by flush_replies at the end of a script
+
+local function reply(list, id, kind, attempts, body)
+  local texts = replies[list]
+  if not texts then
+    texts = {}
+    replies[list] = texts
+  end
+  texts[#texts + 1] = '[' .. id .. ',"' .. kind .. '",' .. (tonumber(attempts) or 0) .. ',' .. body .. ']'
+end
+
+local function flush_replies()
+  for list, texts in pairs(replies) do
+    chunked('RPUSH', list, texts)
+    redis.call('EXPIRE', list, REPLY_TTL_S)
+  end
+  replies = {}
+end
+
 -- Move a job (already out of every other structure) into the DLQ, evicting beyond dlq_max.
+-- Tells the job's dispatcher, if one waits (flush_replies sends it).
 local function dead_letter(id, entry, now, dlq_max)
   local k = jkey(id)
+  local v = redis.call('HMGET', k, 'y', 'a')
+  if v[1] then
+    reply(v[1], id, 'dead', v[2], entry)
+  end
   redis.call('HSETNX', k, 'f', now)
   redis.call('HSET', k, 'd', entry, 'x', now)
   redis.call('ZADD', DLQ, redis.call('INCR', B .. 'dlqseq'), id)

@@ -29,4 +29,5 @@ if mode == 'unstarted' and #back > 0 then
   chunked('LPUSH', READY, reversed)
   wake(#back)
 end
+flush_replies()
 return #back

@@ -1,7 +1,9 @@
 -- Record the outcomes of a batch of attempts. ARGV: base, now, dlq_max, then one JSON text: a
 -- list of outcomes, each a list of 8 strings: kind ('ok' | 'retry' | 'dead'), id, lease token,
 -- run_s, wait_s, x1, x2, timed_out ('1' or '0').
---   ok:    the job succeeded and is deleted.
+--   ok:    the job succeeded and is deleted. x1 = the reply body (the result's JSON text), x2 =
+--          the reply kind ('ok', or 'unencodable' when x1 says why the result is not JSON);
+--          sent only if a dispatcher waits for the job (field y).
 --   retry: x1 = due time, x2 = the attempt that failed (the retry number); into scheduled.
 --   dead:  x1 = the DLQ entry (JSON); into the DLQ.
 -- An outcome whose token is not the job's current lease (the lease expired and the job was
@@ -14,7 +16,8 @@ local runs, waits = {}, {}
 for _, o in ipairs(cjson.decode(ARGV[4])) do
   local kind, id, tok = o[1], o[2], o[3]
   local k = jkey(id)
-  if redis.call('HGET', k, 'l') == tok then
+  local v = redis.call('HMGET', k, 'l', 'y', 'a')
+  if v[1] == tok then
     accepted = accepted + 1
     redis.call('ZREM', PROC, id)
     runs[#runs + 1] = o[4]
@@ -23,6 +26,9 @@ for _, o in ipairs(cjson.decode(ARGV[4])) do
       n_timeout = n_timeout + 1
     end
     if kind == 'ok' then
+      if v[2] then
+        reply(v[2], id, o[7], v[3], o[6])
+      end
       redis.call('DEL', k)
       n_ok = n_ok + 1
     else
@@ -52,4 +58,5 @@ if #runs > 0 then
   chunked('LPUSH', B .. 'lat:wait', waits)
   redis.call('LTRIM', B .. 'lat:wait', 0, 2047)
 end
+flush_replies()
 return {accepted, stale}

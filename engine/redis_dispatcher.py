@@ -1,0 +1,659 @@
+"""The :class:`~engine.Dispatcher` API on a Redis queue: ``Dispatcher(broker=RedisBroker(url))``.
+
+A dispatcher on Redis is one member of a fleet that shares a queue: what it submits can run in
+any worker process on that queue (its own threads included), and its handles complete when the
+job ends anywhere. It is built from three parts that also work alone:
+
+* a :class:`~engine.brokers.redis.RedisQueue` client, which submits (with this dispatcher's
+  reply list, so the fleet tells it how each job ended), cancels, and reads the DLQ;
+* a :class:`~engine.redis_worker.RedisWorker`, this process's own autoscaled pool that runs
+  jobs from the queue (none with ``max_workers=0``: a producer only);
+* a reply reader thread, which completes handles from the reply list in batches.
+
+What is the same as the in-memory dispatcher: ``submit``, ``submit_job``, ``submit_many``,
+``submit_task``, ``map``, the handles (real :class:`concurrent.futures.Future` objects),
+``cancel`` before a job starts, retries with ``max_retries`` per job, the DLQ methods,
+``snapshot``, ``pause``/``resume``, ``set_limits``, ``join`` and ``shutdown``.
+
+What differs, because the jobs cross process boundaries:
+
+* Jobs are registered tasks: ``submit(fn, ...)`` needs ``fn`` in ``tasks``; arguments and
+  results are JSON. A result JSON cannot carry makes the handle raise :class:`TypeError` (the
+  job itself succeeded). A job that fails for good makes the handle raise
+  :class:`~engine.errors.RemoteJobError`, which carries the remote exception's type, message
+  and traceback as text (exceptions are never unpickled).
+* The backoff between retries is the executing worker's :class:`RetryPolicy` (base, factor,
+  cap, jitter, ``retry_on``); a job carries only its ``max_retries`` and ``timeout_s``. So
+  ``submit_job(retry=...)`` is refused: pass ``max_retries``.
+* ``snapshot``, ``pause``/``resume``, ``set_limits`` and the DLQ are the whole fleet's.
+  ``join`` waits for the jobs this dispatcher submitted (or requeued).
+* A handle is QUEUED until its job ends (the fleet does not report starts to producers), and
+  ``cancel()`` succeeds while the job waits in Redis, not once a worker has fetched it.
+* ``shutdown`` stops this process's pool (graceful: running jobs finish and fetched ones go
+  back; forceful: also cancel this dispatcher's jobs still waiting in Redis). A job it
+  submitted that is still queued or running elsewhere when it stops stays in Redis and ends
+  there; its handle raises :class:`~engine.errors.DispatcherClosed` and the report lists it
+  under ``abandoned``.
+* No ``max_queue`` (Redis is the bound) and no ``rng``-driven jitter outside the local pool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED
+from typing import Any
+
+from engine.brokers.redis import RedisBroker, RedisQueue
+from engine.clock import Clock, RealClock
+from engine.dispatcher import _OPTIONS, Dispatcher, ShutdownReport, _live_dispatchers
+from engine.errors import (
+    BrokerUnavailable,
+    ConfigError,
+    DispatcherClosed,
+    JobNotFound,
+    RemoteJobError,
+)
+from engine.fleet import FleetView
+from engine.jobs import JobHandle, JobOptions, JobState, TaskRegistry, check_json_args
+from engine.metrics import DeadLetter, EngineState, Snapshot
+from engine.policy.autoscale import AutoscalePolicy
+from engine.policy.backoff import RetryPolicy, backoff_delay
+from engine.redis_worker import RedisWorker, current_redis_job
+
+__all__ = ["RedisDispatcher"]
+
+log = logging.getLogger("engine.redis")
+
+_EARLY_KEPT = 10_000  # replies that arrived before their submit returned, kept at most
+_RECONNECT_BASE_S = 0.05
+_RECONNECT_CAP_S = 5.0
+
+
+class RedisDispatcher(Dispatcher):
+    """A :class:`~engine.Dispatcher` whose jobs live in a Redis queue shared by a fleet.
+
+    Built by ``Dispatcher(broker=RedisBroker(url), tasks=registry, ...)``; see the module
+    docstring for what is the same as in memory and what differs. The arguments are the
+    dispatcher's; these mean something particular here:
+
+    Args:
+        min_workers: this process's pool's lower bound.
+        max_workers: its upper bound; 0 makes a producer that runs nothing itself.
+        retry: the backoff this process's pool uses for the jobs it runs, and the default
+            ``max_retries`` of the jobs this dispatcher submits.
+        tasks: required: the tasks this process can submit by function and can run.
+        broker: the :class:`~engine.brokers.redis.RedisBroker`.
+        dlq_max: refused here; give it to the broker (the cap is the queue's).
+        max_queue: refused (not supported on Redis).
+
+    Raises:
+        ConfigError: a bad argument, naming it.
+        BrokerUnavailable: Redis does not answer (unreachable, bad credentials...).
+    """
+
+    def __init__(
+        self,
+        *,
+        min_workers: int = 1,
+        max_workers: int | None = None,
+        retry: RetryPolicy | None = None,
+        autoscale: AutoscalePolicy | bool = True,
+        max_queue: int | None = None,
+        dlq_max: int | None = None,
+        default_timeout_s: float | None = None,
+        log_interval_s: float = 10.0,
+        tasks: TaskRegistry | None = None,
+        broker: Any = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        force_wait_s: float = 1.0,
+        name: str = "dispatch",
+        logger: logging.Logger | None = None,
+        **unknown: object,
+    ) -> None:
+        # Dispatcher.__init__ is not called: this class shares the API, not the machinery.
+        if unknown:
+            raise ConfigError(f"unknown Dispatcher option(s) {', '.join(map(repr, sorted(unknown)))}; "
+                              f"allowed: {', '.join(_OPTIONS)}")
+        if not isinstance(broker, RedisBroker):
+            raise ConfigError(f"broker must be a RedisBroker; got {broker!r}")
+        if max_queue is not None:
+            raise ConfigError("max_queue is not supported with a RedisBroker (the queue lives in Redis)")
+        if dlq_max is not None:
+            raise ConfigError("dlq_max is the queue's: pass it to RedisBroker(..., dlq_max=...)")
+        if not isinstance(tasks, TaskRegistry):
+            raise ConfigError(
+                "a Dispatcher on a RedisBroker needs tasks=TaskRegistry(...): only registered tasks cross "
+                f"to other processes; got {tasks!r}"
+            )
+        if retry is None:
+            retry = RetryPolicy()
+        elif not isinstance(retry, RetryPolicy):
+            raise ConfigError(f"retry must be a RetryPolicy; got {retry!r}")
+        if default_timeout_s is not None and (
+            not isinstance(default_timeout_s, (int, float)) or isinstance(default_timeout_s, bool)
+            or not 0 < default_timeout_s < math.inf
+        ):
+            raise ConfigError(f"default_timeout_s must be None or a number > 0; got {default_timeout_s!r}")
+        if clock is None:
+            clock = RealClock()
+        elif not isinstance(clock, Clock):
+            raise ConfigError(f"clock must implement engine.Clock (monotonic, time, wait); got {clock!r}")
+        if rng is None:
+            rng = random.Random()
+        elif not isinstance(rng, random.Random):
+            raise ConfigError(f"rng must be a random.Random; got {rng!r}")
+
+        self._retry = retry
+        self._default_timeout_s = default_timeout_s
+        self._max_queue = None  # Dispatcher.map reads it
+        self._tasks = tasks
+        self._clock = clock
+        self._now = clock.monotonic
+        self._rng = rng
+        self._reader_rng = random.Random(rng.random())  # the reply reader's reconnect jitter
+        self._name = name
+        self._log = logger or log
+        self._default_options = JobOptions(None, retry, default_timeout_s)
+        self._options_cache: dict[tuple[Any, ...], JobOptions] = {}
+        self._broker_config = broker
+        self._queue: RedisQueue = broker.open(clock)
+        try:
+            self._queue.ping()  # a URL that cannot be reached fails here, clearly
+        except BrokerUnavailable:
+            self._queue.close()
+            raise
+        self.dispatcher_id = f"{uuid.uuid4().hex[:12]}"
+        self._reply_to = self._queue.reply_list(self.dispatcher_id)
+        self._view = FleetView(self._queue, clock=clock)
+
+        self._lock = threading.Lock()  # guards every field marked (lock)
+        self._settled = threading.Condition(self._lock)  # a handle completed, or stopping
+        self._pending: dict[int, JobHandle] = {}  # (lock) handles waiting for a reply, by job id
+        self._early: dict[int, list[Any]] = {}  # (lock) replies that came before their handle
+        self._closed = False  # (lock) intake stopped
+        self._stopped = False  # (lock) shutdown finished
+        self._reader_stop = False  # (lock)
+        self._connected = True  # (lock) the reply reader's view
+        self._report: ShutdownReport | None = None  # (lock)
+        self._shutdown_lock = threading.Lock()  # one shutdown at a time
+
+        self._worker: RedisWorker | None = None
+        if max_workers is None or max_workers > 0:
+            self._worker = RedisWorker(
+                self._queue, tasks, min_workers=min_workers, max_workers=max_workers, autoscale=autoscale,
+                retry=retry, lease_s=broker.lease_s, heartbeat_s=broker.heartbeat_s,
+                heartbeat_ttl_s=broker.heartbeat_ttl_s, prefetch=broker.prefetch, poll_s=broker.poll_s,
+                clock=clock, rng=rng, log_interval_s=log_interval_s, force_wait_s=force_wait_s, name=name,
+            )
+        elif not isinstance(min_workers, int) or isinstance(min_workers, bool) or min_workers != 0:
+            raise ConfigError(f"with max_workers=0 (a producer only), min_workers must be 0; got {min_workers!r}")
+        self._reader = threading.Thread(target=self._reader_main, name=f"{name}-replies", daemon=True)
+        self._reader.start()
+        if self._worker is not None:
+            self._worker.start()
+        self._started_at = clock.monotonic()
+        _live_dispatchers.add(self)
+
+    # ==========================================================================================
+    # Submitting
+    # ==========================================================================================
+    def _task_name(self, fn: Callable[..., Any], what: str) -> str:
+        if not callable(fn):
+            raise ConfigError(f"{what}: fn must be callable; got {fn!r}")
+        name = self._tasks.name_of(fn) if self._tasks is not None else None
+        if name is None:
+            raise ConfigError(
+                f"{what}: {getattr(fn, '__qualname__', fn)!r} is not a registered task; on a RedisBroker only "
+                "registered tasks can run (register it with @tasks.task, or use submit_task)"
+            )
+        return name
+
+    def _send(
+        self, task: str, arg_tuples: list[tuple[Any, ...]], kwargs: Mapping[str, Any] | None, options: JobOptions,
+    ) -> list[JobHandle]:
+        if self._tasks is not None:
+            self._tasks.get(task)  # raises UnknownTask, naming the registered ones
+        for args in arg_tuples:
+            check_json_args(task, args, kwargs)  # raises ConfigError naming the argument
+        with self._lock:
+            if self._closed:
+                raise DispatcherClosed("the dispatcher is shut down and takes no new jobs")
+        ids = self._queue.submit_many(
+            task, arg_tuples, kwargs=kwargs, name=options.name, max_retries=options.retry.max_retries,
+            timeout_s=options.timeout_s, reply_to=self._reply_to,
+        )
+        fn = self._tasks.get(task) if self._tasks is not None else None
+        label = options.name or task
+        handles = [JobHandle(self, job_id, fn, args, dict(kwargs) if kwargs else None, label, options, task=task)
+                   for job_id, args in zip(ids, arg_tuples, strict=True)]
+        self._track(handles)
+        return handles
+
+    def _track(self, handles: list[JobHandle]) -> None:
+        early: list[tuple[JobHandle, list[Any]]] = []
+        with self._lock:
+            for handle in handles:
+                reply = self._early.pop(handle.id, None)
+                if reply is None:
+                    self._pending[handle.id] = handle
+                else:
+                    early.append((handle, reply))
+        for handle, reply in early:
+            self._finish(handle, reply)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> JobHandle:
+        """Submit ``fn(*args, **kwargs)``; ``fn`` must be a registered task, the arguments JSON.
+        Thread-safe.
+
+        Raises:
+            ConfigError: ``fn`` is not registered, or an argument is not JSON (naming which).
+            DispatcherClosed: after shutdown started.
+            BrokerUnavailable: Redis cannot be reached (the job may or may not be queued).
+        """
+        return self._send(self._task_name(fn, "submit"), [args], kwargs or None, self._default_options)[0]
+
+    def submit_job(
+        self,
+        fn: Callable[..., Any],
+        /,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        max_retries: int | None = None,
+        timeout_s: float | None = None,
+        block: bool = True,
+        block_timeout_s: float | None = None,
+    ) -> JobHandle:
+        """Submit one job with per-job options. Thread-safe. ``retry`` is refused (the backoff is
+        the executing worker's; pass ``max_retries``); ``block`` and ``block_timeout_s`` are
+        accepted and ignored (the queue is unbounded). See :meth:`submit`."""
+        if retry is not None:
+            raise ConfigError(
+                "submit_job(retry=...) is not supported on a RedisBroker: a job carries only max_retries and "
+                "timeout_s, and the backoff is the executing worker's RetryPolicy; pass max_retries=..."
+            )
+        task = self._task_name(fn, "submit_job")
+        options = self._options(name, None, max_retries, timeout_s)
+        return self._send(task, [tuple(args)], kwargs, options)[0]
+
+    def submit_many(
+        self,
+        fn: Callable[..., Any],
+        arg_tuples: Iterable[Iterable[Any]],
+        /,
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        max_retries: int | None = None,
+        timeout_s: float | None = None,
+    ) -> list[JobHandle]:
+        """Submit ``fn(*args)`` for each ``args``, in batches of 1000 per round trip. Thread-safe.
+
+        Every argument is checked before anything is sent; each batch of 1000 is atomic.
+        """
+        if retry is not None:
+            raise ConfigError("submit_many(retry=...) is not supported on a RedisBroker; pass max_retries=...")
+        task = self._task_name(fn, "submit_many")
+        options = self._options(name, None, max_retries, timeout_s)
+        return self._send(task, [tuple(args) for args in arg_tuples], None, options)
+
+    def submit_task(self, task: str, /, *args: Any, **kwargs: Any) -> JobHandle:
+        """Submit a registered task by name with JSON arguments. Thread-safe.
+
+        Raises:
+            UnknownTask: ``task`` is not registered in ``tasks``.
+            ConfigError: an argument is not plain JSON.
+            DispatcherClosed: after shutdown started.
+            BrokerUnavailable: Redis cannot be reached.
+        """
+        return self._send(task, [args], kwargs or None, self._default_options)[0]
+
+    # ==========================================================================================
+    # Replies: how the fleet tells this dispatcher that its jobs ended
+    # ==========================================================================================
+    def _reader_main(self) -> None:
+        failures = 0
+        while True:
+            with self._lock:
+                if self._reader_stop:
+                    return
+            try:
+                texts = self._queue.take_replies(self._reply_to, timeout_s=self._broker_config.poll_s)
+            except BrokerUnavailable as exc:
+                failures += 1
+                self._note(False, exc)
+                self._reader_backoff(failures)
+                continue
+            except Exception:  # a bug must not stop the reader
+                failures += 1
+                self._log.exception("dispatcher %s: reading replies failed", self.dispatcher_id)
+                self._reader_backoff(failures)
+                continue
+            failures = 0
+            self._note(True, None)
+            for text in texts:
+                if text == "wake":
+                    continue
+                try:
+                    reply = json.loads(text)
+                    job_id = int(reply[0])
+                except Exception:  # anyone who can write to Redis can write here: never crash
+                    self._log.warning("dispatcher %s: ignored a malformed reply %.80r", self.dispatcher_id, text)
+                    continue
+                with self._lock:
+                    handle = self._pending.pop(job_id, None)
+                    if handle is None:
+                        if len(self._early) >= _EARLY_KEPT:
+                            self._early.pop(next(iter(self._early)))
+                        self._early[job_id] = reply
+                        continue
+                self._finish(handle, reply)
+
+    def _reader_backoff(self, failures: int) -> None:
+        delay = backoff_delay(failures, base_s=_RECONNECT_BASE_S, factor=2.0, cap_s=_RECONNECT_CAP_S,
+                              jitter="equal", rng=self._reader_rng)
+        with self._lock:
+            if not self._reader_stop:
+                self._clock.wait(self._settled, delay)
+
+    def _note(self, up: bool, exc: BaseException | None) -> None:
+        with self._lock:
+            changed = self._connected != up
+            self._connected = up
+        if changed and up:
+            self._log.warning("dispatcher %s: Redis reachable again; reading replies", self.dispatcher_id)
+        elif changed:
+            self._log.warning("dispatcher %s: Redis unavailable, reconnecting with backoff: %s",
+                              self.dispatcher_id, exc)
+
+    def _finish(self, handle: JobHandle, reply: list[Any]) -> None:
+        """Complete ``handle`` from its reply ``[id, kind, attempts, body]``. Never raises."""
+        try:
+            kind, attempts, body = reply[1], int(reply[2]), reply[3]
+        except Exception:
+            kind, attempts, body = "?", 0, None
+        handle.attempts = attempts
+        if kind == "ok":
+            handle._job_state = JobState.SUCCEEDED
+            handle._complete(FINISHED, body, None)
+        elif kind == "unencodable":
+            handle._job_state = JobState.SUCCEEDED
+            handle._complete(FINISHED, None, TypeError(
+                f"job {handle.id} ({handle.name}) succeeded, but {body}; a job on Redis must return JSON"))
+        elif kind == "dead" and isinstance(body, dict):
+            handle._job_state = JobState.DEAD_LETTERED
+            handle._complete(FINISHED, None, RemoteJobError(
+                handle.id, str(body.get("exc_type", "?")), str(body.get("exc_message", "")),
+                remote_traceback=str(body.get("traceback", "")), attempts=attempts,
+                reason=str(body.get("reason", "")),
+            ))
+        else:
+            handle._job_state = JobState.DEAD_LETTERED
+            handle._complete(FINISHED, None, RemoteJobError(
+                handle.id, "?", f"unreadable reply {json.dumps(reply)[:80]}", attempts=attempts, reason="?"))
+        with self._lock:
+            self._settled.notify_all()
+
+    # ==========================================================================================
+    # Cancelling
+    # ==========================================================================================
+    def _cancel_handle(self, job: JobHandle) -> bool:
+        if job.done():
+            return job.cancelled()
+        try:
+            done = self._queue.cancel([job.id])
+        except BrokerUnavailable as exc:
+            self._log.warning("could not cancel job %d: %s", job.id, exc)
+            return False
+        if not done:
+            return job.cancelled()
+        self._cancelled([job])
+        return True
+
+    def _cancelled(self, jobs: list[JobHandle]) -> None:
+        with self._lock:
+            for job in jobs:
+                self._pending.pop(job.id, None)
+        for job in jobs:
+            job._job_state = JobState.CANCELLED
+            job._complete(CANCELLED_AND_NOTIFIED, None, None)
+        with self._lock:
+            self._settled.notify_all()
+
+    # ==========================================================================================
+    # Control and state: the fleet's
+    # ==========================================================================================
+    def set_limits(self, min_workers: int | None = None, max_workers: int | None = None) -> None:
+        """Move every worker process's pool on this queue (this one's included) to these bounds.
+        Thread-safe; applied with each process's next heartbeat.
+
+        Raises:
+            ConfigError: bad bounds.
+            BrokerUnavailable: Redis cannot be reached.
+        """
+        self._queue.set_limits(min_workers, max_workers)
+
+    @property
+    def min_workers(self) -> int:
+        """This process's pool's lower bound (0 for a producer)."""
+        return self._worker._local.min_workers if self._worker is not None else 0
+
+    @property
+    def max_workers(self) -> int:
+        """This process's pool's upper bound (0 for a producer)."""
+        return self._worker._local.max_workers if self._worker is not None else 0
+
+    def pause(self) -> None:
+        """Pause the whole fleet: no process fetches; running jobs finish. Thread-safe."""
+        self._queue.set_paused(True)
+
+    def resume(self) -> None:
+        """Resume the whole fleet. Thread-safe."""
+        self._queue.set_paused(False)
+
+    @property
+    def paused(self) -> bool:
+        """Whether the fleet is paused (one Redis round trip)."""
+        return self._queue.control().get("paused") == "1"
+
+    @property
+    def state(self) -> EngineState:
+        with self._lock:
+            if self._stopped:
+                return EngineState.STOPPED
+            if self._closed:
+                return EngineState.DRAINING
+        return EngineState.PAUSED if self.paused else EngineState.RUNNING
+
+    def snapshot(self, *, workers: bool = True) -> Snapshot:
+        """The whole fleet's snapshot: every process's threads, the queue, the counters.
+        Thread-safe; one Redis round trip.
+
+        Raises:
+            BrokerUnavailable: Redis cannot be reached.
+        """
+        snap = self._view.snapshot()
+        return snap if workers else dataclasses.replace(snap, workers=())
+
+    # ==========================================================================================
+    # The dead-letter queue: the fleet's
+    # ==========================================================================================
+    def dlq_list(self, offset: int = 0, limit: int = 100) -> list[DeadLetter]:
+        return self._queue.dlq_list(offset, limit)
+
+    def dlq_get(self, job_id: int) -> DeadLetter:
+        return self._queue.dlq_get(job_id)
+
+    def _requeue(self, entries: list[DeadLetter]) -> list[JobHandle]:
+        with self._lock:
+            if self._closed:
+                raise DispatcherClosed("the dispatcher is shut down and takes no requeues")
+        done = set(self._queue.dlq_requeue_ids([e.job_id for e in entries], reply_to=self._reply_to))
+        handles = []
+        for entry in entries:
+            if entry.job_id not in done:
+                continue
+            fn = None
+            if entry.task is not None and self._tasks is not None and entry.task in self._tasks:
+                fn = self._tasks.get(entry.task)
+            handles.append(JobHandle(self, entry.job_id, fn, (), None, entry.name, self._default_options,
+                                     task=entry.task))
+        self._track(handles)
+        return handles
+
+    def dlq_requeue(self, job_id: int) -> JobHandle:
+        """Send one DLQ entry back to the queue with fresh attempts; this dispatcher gets its
+        outcome. Thread-safe.
+
+        Raises:
+            JobNotFound: no entry with that id.
+            DispatcherClosed: after shutdown started.
+        """
+        handles = self._requeue([self._queue.dlq_get(job_id)])
+        if not handles:
+            raise JobNotFound(f"no dead-lettered job with id {job_id!r}")
+        return handles[0]
+
+    def dlq_requeue_all(self) -> list[JobHandle]:
+        """Send every DLQ entry back to the queue, oldest first, with handles. Thread-safe.
+
+        Entries dead-lettered after the call began may stay."""
+        entries: list[DeadLetter] = []
+        while True:
+            page = self._queue.dlq_list(len(entries), 1000)
+            entries.extend(page)
+            if len(page) < 1000:
+                break
+        return self._requeue(entries)
+
+    def dlq_delete(self, job_id: int) -> DeadLetter:
+        return self._queue.dlq_delete(job_id)
+
+    def dlq_purge(self) -> int:
+        return self._queue.dlq_purge()
+
+    # ==========================================================================================
+    # Waiting and shutting down
+    # ==========================================================================================
+    def join(self, timeout_s: float | None = None) -> bool:
+        """Wait until every job this dispatcher submitted or requeued has ended. Thread-safe.
+
+        Returns:
+            True if they all ended, False on timeout.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._lock:
+            while self._pending:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._settled.wait(remaining)
+            return True
+
+    def shutdown(  # type: ignore[override]
+        self, wait: bool = True, *, cancel_futures: bool = False, timeout_s: float | None = None
+    ) -> ShutdownReport:
+        """Stop this dispatcher and its pool. Thread-safe and idempotent.
+
+        * Graceful (default): stop intake; with ``wait``, wait (up to ``timeout_s``) until this
+          dispatcher's jobs have ended anywhere in the fleet, then stop the pool gracefully
+          (running jobs finish, fetched ones go back to the queue unspent). When ``timeout_s``
+          runs out it escalates to forceful.
+        * Forceful (``cancel_futures=True``): stop intake, cancel this dispatcher's jobs still
+          waiting in Redis, and stop the pool forcefully (running jobs are told to stop and,
+          after ``force_wait_s``, go back to the queue as failed attempts).
+
+        Jobs still queued or running elsewhere at the end stay in Redis; their handles raise
+        :class:`DispatcherClosed` and the report lists them as ``abandoned``.
+        """
+        if timeout_s is not None and (not isinstance(timeout_s, (int, float)) or timeout_s < 0):
+            raise ConfigError(f"timeout_s must be None or a number >= 0; got {timeout_s!r}")
+        if wait and current_redis_job() is not None and not cancel_futures:
+            raise RuntimeError(
+                "shutdown(wait=True) from inside a running job would wait for that job itself; "
+                "use shutdown(wait=False) there"
+            )
+        with self._lock:
+            if self._report is not None:
+                return self._report
+            self._closed = True
+        if not wait:
+            threading.Thread(target=self._shut_down, args=(cancel_futures, timeout_s),
+                             name=f"{self._name}-shutdown", daemon=True).start()
+            return ShutdownReport(forceful=cancel_futures, escalated=False, completed=False, cancelled=(),
+                                  abandoned=(), duration_s=0.0)
+        return self._shut_down(cancel_futures, timeout_s)
+
+    def _shut_down(self, forceful: bool, timeout_s: float | None) -> ShutdownReport:
+        with self._shutdown_lock:
+            with self._lock:
+                if self._report is not None:
+                    return self._report
+            started = self._clock.monotonic()
+            escalated = False
+            if not forceful and not self.join(timeout_s):
+                escalated = forceful = True
+            cancelled: list[JobHandle] = []
+            if forceful:
+                with self._lock:
+                    waiting = list(self._pending.values())
+                try:
+                    done = set(self._queue.cancel([h.id for h in waiting]))
+                except BrokerUnavailable as exc:
+                    self._log.warning("shutdown could not cancel queued jobs: %s", exc)
+                    done = set()
+                cancelled = [h for h in waiting if h.id in done]
+                self._cancelled(cancelled)
+            if self._worker is not None:
+                self._worker.stop(graceful=not forceful)
+            with self._lock:
+                self._reader_stop = True
+                self._settled.notify_all()
+            try:
+                self._queue.wake_replies(self._reply_to)
+            except BrokerUnavailable:
+                pass  # the reader returns after at most poll_s, or from its backoff wait
+            self._reader.join()
+            with self._lock:
+                left = list(self._pending.values())
+                self._pending.clear()
+                self._early.clear()
+            for handle in left:
+                handle._complete(FINISHED, None, DispatcherClosed(
+                    f"job {handle.id} ({handle.name}) was still queued or running in Redis when this dispatcher "
+                    "shut down; it ends there (see the fleet's counters and DLQ), not in this handle"))
+            try:
+                self._queue.drop_replies(self._reply_to)
+            except BrokerUnavailable:
+                pass  # it expires a day after its last reply
+            self._queue.close()
+            report = ShutdownReport(
+                forceful=forceful, escalated=escalated, completed=True,
+                cancelled=tuple((h.id, h.name) for h in cancelled),
+                abandoned=tuple((h.id, h.name) for h in left),
+                duration_s=self._clock.monotonic() - started,
+            )
+            with self._lock:
+                self._report = report
+                self._stopped = True
+                self._settled.notify_all()
+            _live_dispatchers.discard(self)
+            if escalated:
+                self._log.warning("graceful shutdown ran out of %gs; cancelled %d queued jobs",
+                                  timeout_s or 0.0, len(cancelled))
+            return report
+
+    def __repr__(self) -> str:
+        return (f"<RedisDispatcher {self._name!r} on {self._queue.url} queue={self._queue.queue!r} "
+                f"id={self.dispatcher_id}>")
