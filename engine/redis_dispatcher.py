@@ -159,7 +159,7 @@ class RedisDispatcher(Dispatcher):
         self._clock = clock
         self._now = clock.monotonic
         self._rng = rng
-        self._reader_rng = random.Random(rng.random())  # the reply reader's reconnect jitter
+        self._reader_rng = random.Random()  # the reply reader's reconnect jitter (never draws from rng)
         self._name = name
         self._log = logger or log
         self._default_options = JobOptions(None, retry, default_timeout_s)

@@ -813,12 +813,14 @@ class RedisWorker:
             self._settle(d, Outcome.retry(d.job_id, d.token, due_at=now + delay, retry_no=d.attempt,
                                           run_s=run_s, wait_s=wait_s, timed_out=timed_out))
             return
-        if retries_left <= 0:
-            reason = f"retries exhausted ({d.job.max_retries} retries)"
-        elif isinstance(exc, Permanent):
+        # The same order as the in-memory dispatcher's (Dispatcher._judge): the job's own verdict
+        # first, then the policy's, then the count.
+        if isinstance(exc, Permanent):
             reason = "not retryable: raised Permanent"
-        else:
+        elif not isinstance(exc, policy.retry_on):
             reason = f"not retryable: {type(exc).__name__} is not in retry_on"
+        else:
+            reason = f"retries exhausted ({d.job.max_retries} retries)"
         try:
             tb = "".join(traceback.format_exception(exc))
         except Exception as tb_exc:  # a broken __str__ must not break the worker

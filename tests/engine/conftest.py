@@ -4,6 +4,7 @@ always shut down."""
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,8 +12,12 @@ from typing import Any
 
 import pytest
 
-from engine import Dispatcher, FakeClock
+from engine import Dispatcher, FakeClock, RemoteJobError, TaskRegistry
+from engine.brokers.redis import RedisBroker
+from tests.redis_support import prefix, redis_url
 from tests.waiting import wait_until
+
+__all__ = ["prefix", "redis_url"]  # fixtures, for the both_brokers runs on Redis
 
 WAIT_S = 5.0  # the bound on every wait in these tests
 
@@ -64,16 +69,52 @@ def gate() -> Iterator[Gate]:
     g.open()  # never leave a worker blocked
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``both_brokers`` run twice: on the in-memory broker and on Redis."""
+    if "broker_kind" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_brokers"):
+        metafunc.parametrize("broker_kind", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+
+
 @pytest.fixture
-def make_dispatcher(clock: FakeClock, rng: random.Random, gate: Gate) -> Iterator[Callable[..., Dispatcher]]:
-    """Build dispatchers on the fake clock (fixed pool, no log line by default); all are shut down."""
+def broker_kind() -> str:
+    """Which broker ``make_dispatcher`` builds on: "memory", unless the test is marked both_brokers."""
+    return "memory"
+
+
+@pytest.fixture
+def tasks(gate: Gate) -> TaskRegistry:
+    """The registry a Redis dispatcher runs from; a test registers the functions it submits."""
+    registry = TaskRegistry()
+    for fn in (pow, abs, dict):
+        registry.register(fn.__name__, fn)
+    registry.register("gate.job", gate.job)
+    return registry
+
+
+@pytest.fixture
+def make_dispatcher(
+    request: pytest.FixtureRequest, broker_kind: str, clock: FakeClock, rng: random.Random, gate: Gate,
+    tasks: TaskRegistry,
+) -> Iterator[Callable[..., Dispatcher]]:
+    """Build dispatchers on the fake clock (fixed pool, no log line by default); all are shut down.
+
+    On Redis (``broker_kind == "redis"``), under the test's own key prefix, with ``tasks``, no
+    prefetch (a job waits in Redis until a thread is free, as it waits in memory) and short
+    polls; ``dlq_max`` goes to the broker.
+    """
     made: list[Dispatcher] = []
+    if broker_kind == "redis":  # set up here, so the keys are deleted after the dispatchers stop
+        url, key_prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("prefix")
 
     def make(**options: Any) -> Dispatcher:
         options.setdefault("clock", clock)
         options.setdefault("rng", rng)
         options.setdefault("log_interval_s", 0)
         options.setdefault("autoscale", False)
+        if broker_kind == "redis":
+            options.setdefault("tasks", tasks)
+            options["broker"] = RedisBroker(url, prefix=key_prefix, dlq_max=options.pop("dlq_max", None),
+                                            prefetch=0, poll_s=0.05)
         d = Dispatcher(**options)
         made.append(d)
         return d
@@ -82,6 +123,20 @@ def make_dispatcher(clock: FakeClock, rng: random.Random, gate: Gate) -> Iterato
     gate.open()
     for d in made:
         stop(d, clock)
+
+
+def failed_with(handle: Any, exc_type: type[BaseException], match: str = "") -> BaseException:
+    """Wait for ``handle`` to fail; check it failed with ``exc_type`` (in memory) or with a
+    RemoteJobError naming that type (on Redis, where exceptions cross as text)."""
+    exc = handle.exception(timeout=WAIT_S)
+    if isinstance(exc, RemoteJobError):
+        assert exc.exc_type.rsplit(".", 1)[-1] == exc_type.__name__, exc
+        text = exc.exc_message
+    else:
+        assert isinstance(exc, exc_type), exc
+        text = str(exc)
+    assert re.search(match, text), (match, text)
+    return exc
 
 
 def stop(d: Dispatcher, clock: FakeClock, *, cancel_futures: bool = True) -> Any:

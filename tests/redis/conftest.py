@@ -1,14 +1,9 @@
-"""Fixtures for the Redis tests: a live Redis, a private key prefix per test, a fake clock.
-
-The tests run against a real Redis (``TUI_DISPATCH_REDIS_URL``, default
-``redis://127.0.0.1:6379/0``). When none answers they are skipped with the reason, unless
-``TUI_DISPATCH_REQUIRE_REDIS=1`` (CI sets it): then every one of them fails instead.
-"""
+"""Fixtures for the Redis tests: a live Redis and a private key prefix per test (from
+tests/redis_support.py, which says when they skip or fail), a fake clock."""
 
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,10 +12,11 @@ import redis
 
 from engine import FakeClock
 from engine.brokers.redis import RedisQueue
+from tests.redis_support import prefix, redis_url
 from tests.waiting import wait_until
 
-REDIS_URL = os.environ.get("TUI_DISPATCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-REQUIRE = os.environ.get("TUI_DISPATCH_REQUIRE_REDIS") == "1"
+__all__ = ["prefix", "redis_url"]  # fixtures, shared with the engine suite's Redis runs
+
 WAIT_S = 10.0  # the bound on every wait in these tests
 
 
@@ -29,53 +25,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if str(item.path).startswith(here):
             item.add_marker(pytest.mark.redis)
-
-
-_checked: list[str | None] = []
-
-
-def _redis_problem() -> str | None:
-    if not _checked:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1.0, socket_timeout=1.0)
-        try:
-            client.ping()
-            _checked.append(None)
-        except redis.exceptions.RedisError as exc:
-            _checked.append(f"Redis at {REDIS_URL} does not answer: {exc}")
-        finally:
-            client.close()
-    return _checked[0]
-
-
-@pytest.fixture
-def redis_url() -> str:
-    """The URL of a Redis that answers (or skip / fail, see the module docstring)."""
-    problem = _redis_problem()
-    if problem is not None:
-        if REQUIRE:
-            pytest.fail(f"TUI_DISPATCH_REQUIRE_REDIS=1 but {problem}")
-        pytest.skip(f"{problem} (set TUI_DISPATCH_REDIS_URL, or start redis-server)")
-    return REDIS_URL
-
-
-def delete_prefix(url: str, prefix: str) -> int:
-    """Delete every key under ``prefix:``; returns how many."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=5.0)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        for i in range(0, len(keys), 1000):
-            client.delete(*keys[i:i + 1000])
-        return len(keys)
-    finally:
-        client.close()
-
-
-@pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    """A key prefix of this test's own; its keys are deleted afterwards."""
-    name = f"tdtest-{uuid.uuid4().hex[:12]}"
-    yield name
-    delete_prefix(redis_url, name)
 
 
 @pytest.fixture
