@@ -73,6 +73,7 @@ __all__ = ["RedisDispatcher"]
 log = logging.getLogger("engine.redis")
 
 _EARLY_KEPT = 10_000  # replies that arrived before their submit returned, kept at most
+_RECENT_KEPT = 10_000  # ids of completed handles remembered, to drop a reply read twice
 _RECONNECT_BASE_S = 0.05
 _RECONNECT_CAP_S = 5.0
 
@@ -179,6 +180,7 @@ class RedisDispatcher(Dispatcher):
         self._settled = threading.Condition(self._lock)  # a handle completed, or stopping
         self._pending: dict[int, JobHandle] = {}  # (lock) handles waiting for a reply, by job id
         self._early: dict[int, list[Any]] = {}  # (lock) replies that came before their handle
+        self._recent: dict[int, None] = {}  # (lock) ids of the handles completed last, oldest first
         self._closed = False  # (lock) intake stopped
         self._stopped = False  # (lock) shutdown finished
         self._reader_stop = False  # (lock)
@@ -242,6 +244,7 @@ class RedisDispatcher(Dispatcher):
         early: list[tuple[JobHandle, list[Any]]] = []
         with self._lock:
             for handle in handles:
+                self._recent.pop(handle.id, None)  # a requeued job's new outcome is not a duplicate
                 reply = self._early.pop(handle.id, None)
                 if reply is None:
                     self._pending[handle.id] = handle
@@ -329,7 +332,10 @@ class RedisDispatcher(Dispatcher):
                 if self._reader_stop:
                     return
             try:
-                texts = self._queue.take_replies(self._reply_to, timeout_s=self._broker_config.poll_s)
+                texts = self._queue.read_replies(self._reply_to, timeout_s=self._broker_config.poll_s)
+                if texts:
+                    self._handle_replies(texts)
+                    self._queue.trim_replies(self._reply_to, len(texts))
             except BrokerUnavailable as exc:
                 failures += 1
                 self._note(False, exc)
@@ -342,23 +348,29 @@ class RedisDispatcher(Dispatcher):
                 continue
             failures = 0
             self._note(True, None)
-            for text in texts:
-                if text == "wake":
+
+    def _handle_replies(self, texts: list[str]) -> None:
+        for text in texts:
+            if text == "wake":
+                continue
+            try:
+                reply = json.loads(text)
+                job_id = int(reply[0])
+                if not isinstance(reply, list) or len(reply) != 4:
+                    raise ValueError("not [id, kind, attempts, body]")
+            except Exception:  # anyone who can write to Redis can write here: never crash
+                self._log.warning("dispatcher %s: ignored a malformed reply %.80r", self.dispatcher_id, text)
+                continue
+            with self._lock:
+                if job_id in self._recent:
+                    continue  # read twice (a connection dropped before the trim): handled already
+                handle = self._pending.pop(job_id, None)
+                if handle is None:  # its submit has not returned yet
+                    if len(self._early) >= _EARLY_KEPT:
+                        self._early.pop(next(iter(self._early)))
+                    self._early[job_id] = reply
                     continue
-                try:
-                    reply = json.loads(text)
-                    job_id = int(reply[0])
-                except Exception:  # anyone who can write to Redis can write here: never crash
-                    self._log.warning("dispatcher %s: ignored a malformed reply %.80r", self.dispatcher_id, text)
-                    continue
-                with self._lock:
-                    handle = self._pending.pop(job_id, None)
-                    if handle is None:
-                        if len(self._early) >= _EARLY_KEPT:
-                            self._early.pop(next(iter(self._early)))
-                        self._early[job_id] = reply
-                        continue
-                self._finish(handle, reply)
+            self._finish(handle, reply)
 
     def _reader_backoff(self, failures: int) -> None:
         delay = backoff_delay(failures, base_s=_RECONNECT_BASE_S, factor=2.0, cap_s=_RECONNECT_CAP_S,
@@ -403,7 +415,13 @@ class RedisDispatcher(Dispatcher):
             handle._complete(FINISHED, None, RemoteJobError(
                 handle.id, "?", f"unreadable reply {json.dumps(reply)[:80]}", attempts=attempts, reason="?"))
         with self._lock:
+            self._remember_locked(handle.id)
             self._settled.notify_all()
+
+    def _remember_locked(self, job_id: int) -> None:
+        self._recent[job_id] = None
+        if len(self._recent) > _RECENT_KEPT:
+            self._recent.pop(next(iter(self._recent)))
 
     # ==========================================================================================
     # Cancelling
@@ -634,7 +652,7 @@ class RedisDispatcher(Dispatcher):
                     f"job {handle.id} ({handle.name}) was still queued or running in Redis when this dispatcher "
                     "shut down; it ends there (see the fleet's counters and DLQ), not in this handle"))
             try:
-                self._queue.drop_replies(self._reply_to)
+                self._queue.drop_replies(self._reply_to, [h.id for h in left])
             except BrokerUnavailable:
                 pass  # it expires a day after its last reply
             self._queue.close()

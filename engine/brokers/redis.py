@@ -1156,42 +1156,59 @@ class RedisQueue:
             raise ConfigError(f"owner must be 1-100 characters of letters, digits, '_', '.', '-' or ':'; got {owner!r}")
         return f"{self.base}reply:{owner}"
 
-    def take_replies(self, reply_to: str, *, timeout_s: float, count: int = 1000) -> list[str]:
-        """Take up to ``count`` replies from a reply list, waiting up to ``timeout_s`` for the
-        first. Thread-safe; one reader per list.
+    def read_replies(self, reply_to: str, *, timeout_s: float, count: int = 1000) -> list[str]:
+        """Read (without removing) up to ``count`` replies from the head of a reply list,
+        waiting up to ``timeout_s`` for one. Thread-safe; one reader per list, which removes
+        what it has handled with :meth:`trim_replies` (so a reply is not lost with a
+        connection that drops mid-read; it may be read twice instead).
 
         Returns:
-            The replies' JSON texts, oldest first (empty on timeout). Each is ``[id, kind,
-            body]``: kind ``"ok"`` with the result's JSON, ``"unencodable"`` with a message
-            (the result was not JSON), or ``"dead"`` with the DLQ entry.
+            The replies' texts, oldest first (empty on timeout); bytes that are not UTF-8
+            become U+FFFD. Each should be ``[id, kind, attempts, body]``: kind ``"ok"`` with
+            the result's JSON, ``"unencodable"`` with a message (the result was not JSON), or
+            ``"dead"`` with the DLQ entry; but anyone who can write to Redis can write here.
 
         Raises:
             BrokerUnavailable: Redis cannot be reached.
         """
         try:
-            first = self._redis.blpop([reply_to], timeout=timeout_s)
-            if first is None:
-                return []
-            texts: list[str] = [str(first[1])]
-            if count > 1:
-                more: list[str] | None = self._redis.lpop(reply_to, count - 1)  # type: ignore[assignment]
-                if more:
-                    texts.extend(more)
-            return texts
+            head = self._redis.execute_command(  # type: ignore[no-untyped-call]
+                "LRANGE", reply_to, 0, count - 1, NEVER_DECODE=True)
+            if not head:
+                # Block until one arrives; moving the head to the tail of the same list leaves
+                # it in place (the order of replies does not matter), so nothing is popped.
+                if self._redis.execute_command(  # type: ignore[no-untyped-call]
+                        "BLMOVE", reply_to, reply_to, "LEFT", "RIGHT", timeout_s, NEVER_DECODE=True) is None:
+                    return []
+                head = self._redis.execute_command(  # type: ignore[no-untyped-call]
+                    "LRANGE", reply_to, 0, count - 1, NEVER_DECODE=True)
+        except redis.exceptions.RedisError as exc:
+            raise self._unavailable(exc) from exc
+        return [bytes(raw).decode("utf-8", "replace") for raw in head or ()]
+
+    def trim_replies(self, reply_to: str, handled: int) -> None:
+        """Remove the ``handled`` replies at the head of a reply list (see :meth:`read_replies`)."""
+        try:
+            self._redis.ltrim(reply_to, handled, -1)
         except redis.exceptions.RedisError as exc:
             raise self._unavailable(exc) from exc
 
     def wake_replies(self, reply_to: str) -> None:
-        """Wake the reader blocked in :meth:`take_replies` (it gets the reply ``"wake"``)."""
+        """Wake the reader blocked in :meth:`read_replies` (it reads the reply ``"wake"``)."""
         try:
             self._redis.lpush(reply_to, "wake")
         except redis.exceptions.RedisError as exc:
             raise self._unavailable(exc) from exc
 
-    def drop_replies(self, reply_to: str) -> None:
-        """Delete a reply list (its reader has gone). Thread-safe."""
+    def drop_replies(self, reply_to: str, job_ids: Iterable[int] = ()) -> None:
+        """Delete a reply list (its reader has gone), after telling ``job_ids`` (its reader's
+        jobs still queued or running) to send no reply. Thread-safe."""
         try:
-            self._redis.delete(reply_to)
+            pipe = self._redis.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hdel(f"{self.base}job:{int(job_id)}", "y")
+            pipe.delete(reply_to)
+            pipe.execute()
         except redis.exceptions.RedisError as exc:
             raise self._unavailable(exc) from exc
 

@@ -4,6 +4,10 @@ tests/redis_support.py, which says when they skip or fail), a fake clock."""
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -68,3 +72,64 @@ def advance_live(queue: RedisQueue, clock: FakeClock, seconds: float) -> None:
     if seconds > whole:
         clock.advance(seconds - whole)
         queue.extend([(0, "fleet-alive")], lease_s=10.0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A private redis-server with an append-only file, so a restart keeps the data."""
+
+    def __init__(self, directory: str) -> None:
+        self.port = _free_port()
+        self.dir = directory
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--logfile", "redis.log"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
+
+        def up() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.exceptions.RedisError:
+                return False
+
+        eventually(up, what=f"redis-server on port {self.port} to answer")
+        client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            client = redis.Redis.from_url(self.url)
+            try:
+                client.shutdown()  # persists the append-only file, then exits
+            except redis.exceptions.ConnectionError:
+                pass
+            finally:
+                client.close()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        if os.environ.get("TUI_DISPATCH_REQUIRE_REDIS") == "1":
+            pytest.fail("TUI_DISPATCH_REQUIRE_REDIS=1 but redis-server is not on PATH")
+        pytest.skip("redis-server is not on PATH")
+    directory = tempfile.mkdtemp(prefix="tdtest-redis-")
+    server = RedisServer(directory)
+    server.start()
+    yield server
+    server.stop()
+    if server.proc is not None and server.proc.poll() is None:
+        server.proc.kill()
+        server.proc.wait(10)
+    shutil.rmtree(directory, ignore_errors=True)

@@ -4,12 +4,9 @@ drain with planned failures, a worker killed with SIGKILL mid-job, and a Redis r
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,7 +16,7 @@ import redis
 from engine import BrokerUnavailable
 from engine.brokers.redis import RedisQueue
 from engine.fleet import FleetView
-from tests.redis.conftest import eventually
+from tests.redis.conftest import RedisServer, eventually
 from tests.redis.fleet_tasks import failures_planned
 from tui_dispatch.fleet_source import FleetSource
 
@@ -144,65 +141,6 @@ def test_a_worker_killed_mid_job_loses_nothing(spawn: Spawn, redis_url: str, pre
         queue.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisServer:
-    """A private redis-server with an append-only file, so a restart keeps the data."""
-
-    def __init__(self, directory: str) -> None:
-        self.port = _free_port()
-        self.dir = directory
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--logfile", "redis.log"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
-
-        def up() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.exceptions.RedisError:
-                return False
-
-        eventually(up, what=f"redis-server on port {self.port} to answer")
-        client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            client = redis.Redis.from_url(self.url)
-            try:
-                client.shutdown()  # persists the append-only file, then exits
-            except redis.exceptions.ConnectionError:
-                pass
-            finally:
-                client.close()
-            self.proc.wait(10)
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        if os.environ.get("TUI_DISPATCH_REQUIRE_REDIS") == "1":
-            pytest.fail("TUI_DISPATCH_REQUIRE_REDIS=1 but redis-server is not on PATH")
-        pytest.skip("redis-server is not on PATH")
-    directory = tempfile.mkdtemp(prefix="tdtest-redis-")
-    server = RedisServer(directory)
-    server.start()
-    yield server
-    server.stop()
-    if server.proc is not None and server.proc.poll() is None:
-        server.proc.kill()
-        server.proc.wait(10)
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_workers_and_dashboard_survive_a_redis_restart(
