@@ -189,15 +189,20 @@ class RedisDispatcher(Dispatcher):
         self._shutdown_lock = threading.Lock()  # one shutdown at a time
 
         self._worker: RedisWorker | None = None
-        if max_workers is None or max_workers > 0:
-            self._worker = RedisWorker(
-                self._queue, tasks, min_workers=min_workers, max_workers=max_workers, autoscale=autoscale,
-                retry=retry, lease_s=broker.lease_s, heartbeat_s=broker.heartbeat_s,
-                heartbeat_ttl_s=broker.heartbeat_ttl_s, prefetch=broker.prefetch, poll_s=broker.poll_s,
-                clock=clock, rng=rng, log_interval_s=log_interval_s, force_wait_s=force_wait_s, name=name,
-            )
-        elif not isinstance(min_workers, int) or isinstance(min_workers, bool) or min_workers != 0:
-            raise ConfigError(f"with max_workers=0 (a producer only), min_workers must be 0; got {min_workers!r}")
+        try:
+            if max_workers is None or max_workers != 0:
+                self._worker = RedisWorker(
+                    self._queue, tasks, min_workers=min_workers, max_workers=max_workers, autoscale=autoscale,
+                    retry=retry, lease_s=broker.lease_s, heartbeat_s=broker.heartbeat_s,
+                    heartbeat_ttl_s=broker.heartbeat_ttl_s, prefetch=broker.prefetch, poll_s=broker.poll_s,
+                    clock=clock, rng=rng, log_interval_s=log_interval_s, force_wait_s=force_wait_s, name=name,
+                )
+            elif not isinstance(min_workers, int) or isinstance(min_workers, bool) or min_workers != 0:
+                raise ConfigError(
+                    f"with max_workers=0 (a producer only), min_workers must be 0; got {min_workers!r}")
+        except BaseException:
+            self._queue.close()
+            raise
         self._reader = threading.Thread(target=self._reader_main, name=f"{name}-replies", daemon=True)
         self._reader.start()
         if self._worker is not None:
@@ -241,15 +246,24 @@ class RedisDispatcher(Dispatcher):
         return handles
 
     def _track(self, handles: list[JobHandle]) -> None:
+        """Wait for these handles' replies (or take those that came first)."""
         early: list[tuple[JobHandle, list[Any]]] = []
+        late: list[JobHandle] = []
         with self._lock:
-            for handle in handles:
-                self._recent.pop(handle.id, None)  # a requeued job's new outcome is not a duplicate
-                reply = self._early.pop(handle.id, None)
-                if reply is None:
-                    self._pending[handle.id] = handle
-                else:
-                    early.append((handle, reply))
+            if self._reader_stop:  # a shutdown finished while these were being sent: nobody will listen
+                late = handles
+            else:
+                for handle in handles:
+                    self._recent.pop(handle.id, None)  # a requeued job's new outcome is not a duplicate
+                    reply = self._early.pop(handle.id, None)
+                    if reply is None:
+                        self._pending[handle.id] = handle
+                    else:
+                        early.append((handle, reply))
+        for handle in late:
+            handle._complete(FINISHED, None, DispatcherClosed(
+                f"job {handle.id} ({handle.name}) was queued in Redis while this dispatcher shut down; "
+                "it ends there, not in this handle"))
         for handle, reply in early:
             self._finish(handle, reply)
 

@@ -386,3 +386,13 @@ def test_bad_jobs_are_refused_before_anything_is_sent(make_dispatcher: MakeDispa
     with pytest.raises(ConfigError, match=r"retry=\.\.\.\) is not supported on a RedisBroker"):
         d.submit_job(add, (1, 2), retry=RetryPolicy())
     assert d.snapshot().counters.submitted == 0
+
+
+def test_a_submit_that_races_a_finished_shutdown_gets_a_closed_handle(make_dispatcher: MakeDispatcher) -> None:
+    d = make_dispatcher(min_workers=0, max_workers=0)
+    handle = d.submit(add, 1, 1)  # sent; its handle is then tracked after the shutdown ended
+    d.shutdown(cancel_futures=True)
+    late = type(handle)(d, 999, add, (1, 1), None, "add", handle.options, task="add")
+    d._track([late])
+    with pytest.raises(DispatcherClosed, match=r"job 999 .*queued in Redis while this dispatcher shut down"):
+        late.result(timeout=0)
