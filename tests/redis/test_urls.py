@@ -151,3 +151,22 @@ def test_a_wrong_password_is_named_as_refused_credentials(
     with pytest.raises(BrokerUnavailable, match="refused the credentials") as info:
         Dispatcher(broker=RedisBroker(url, prefix=prefix), tasks=tasks)
     assert "wrong-secret" not in str(info.value)
+
+
+def test_a_unix_socket_url_runs_jobs(tmp_path: Path) -> None:
+    _need("redis-server")
+    sock = Path(tempfile.mkdtemp(prefix="tdtest-sock-")) / "redis.sock"  # short: socket paths are limited
+    proc = subprocess.Popen(
+        ["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "", "--dir", str(tmp_path),
+         "--logfile", "redis.log"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        eventually(sock.exists, what="the socket to appear")
+        with Dispatcher(broker=RedisBroker(f"unix://{sock}?db=1", poll_s=0.05, heartbeat_s=0.1), tasks=tasks,
+                        min_workers=1, max_workers=1, autoscale=False, log_interval_s=0) as d:
+            assert d.submit(double, 21).result(timeout=WAIT_S) == 42
+    finally:
+        proc.terminate()
+        proc.wait(WAIT_S)
+        shutil.rmtree(sock.parent, ignore_errors=True)
