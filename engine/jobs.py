@@ -298,6 +298,12 @@ class JobHandle(Future[Any]):
 
         Called once per job, by the engine, never while holding the dispatcher's lock.
         """
+        for fn in self._settle(state, result, exc):
+            _invoke_callback(fn, self)
+
+    def _settle(self, state: str, result: Any, exc: BaseException | None) -> list[Callable[[Future[Any]], object]]:
+        """Like :meth:`_complete`, but return the done-callbacks instead of running them (the
+        caller runs each with :func:`_invoke_callback`, on a thread of its choosing)."""
         with _LAZY_LOCK:
             cond = self._cond
             if cond is None:  # nobody can be waiting: no Condition was ever handed out
@@ -313,10 +319,7 @@ class JobHandle(Future[Any]):
                     else:
                         waiter.add_result(self)
                 cond.notify_all()
-        callbacks = self._callbacks_
-        if callbacks:
-            for fn in callbacks:
-                _invoke_callback(fn, self)
+        return list(self._callbacks_ or ())
 
     def _token_for(self, attempt: int) -> CancelToken:
         with _LAZY_LOCK:

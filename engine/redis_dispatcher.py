@@ -48,6 +48,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED
 from typing import Any
 
@@ -62,7 +63,14 @@ from engine.errors import (
     RemoteJobError,
 )
 from engine.fleet import FleetView
-from engine.jobs import JobHandle, JobOptions, JobState, TaskRegistry, check_json_args
+from engine.jobs import (
+    JobHandle,
+    JobOptions,
+    JobState,
+    TaskRegistry,
+    _invoke_callback,
+    check_json_args,
+)
 from engine.metrics import DeadLetter, EngineState, Snapshot
 from engine.policy.autoscale import AutoscalePolicy
 from engine.policy.backoff import RetryPolicy, backoff_delay
@@ -70,10 +78,13 @@ from engine.redis_worker import RedisWorker, current_redis_job
 
 __all__ = ["RedisDispatcher"]
 
+_callback_thread = threading.local()  # .active while a callback thread runs callbacks
+
 log = logging.getLogger("engine.redis")
 
 _EARLY_KEPT = 10_000  # replies that arrived before their submit returned, kept at most
 _RECENT_KEPT = 10_000  # ids of completed handles remembered, to drop a reply read twice
+_CALLBACK_THREADS = 4  # threads that run done-callbacks (each handle's on one of them)
 _RECONNECT_BASE_S = 0.05
 _RECONNECT_CAP_S = 5.0
 
@@ -187,6 +198,10 @@ class RedisDispatcher(Dispatcher):
         self._connected = True  # (lock) the reply reader's view
         self._report: ShutdownReport | None = None  # (lock)
         self._shutdown_lock = threading.Lock()  # one shutdown at a time
+        self._delivering = 0  # (lock) handles taken from _pending whose futures are being set
+        self._callback_pool = ThreadPoolExecutor(max_workers=_CALLBACK_THREADS, thread_name_prefix=f"{name}-callbacks")
+        with self._lock:
+            self._clock.wait(self._settled, 0)  # register with a fake clock before anyone advances it
 
         self._worker: RedisWorker | None = None
         try:
@@ -260,12 +275,13 @@ class RedisDispatcher(Dispatcher):
                         self._pending[handle.id] = handle
                     else:
                         early.append((handle, reply))
+                self._delivering += len(early)
         for handle in late:
             handle._complete(FINISHED, None, DispatcherClosed(
                 f"job {handle.id} ({handle.name}) was queued in Redis while this dispatcher shut down; "
                 "it ends there, not in this handle"))
-        for handle, reply in early:
-            self._finish(handle, reply)
+        if early:
+            self._deliver([(handle, *self._outcome(handle, reply)) for handle, reply in early])
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> JobHandle:
         """Submit ``fn(*args, **kwargs)``; ``fn`` must be a registered task, the arguments JSON.
@@ -364,6 +380,7 @@ class RedisDispatcher(Dispatcher):
             self._note(True, None)
 
     def _handle_replies(self, texts: list[str]) -> None:
+        done: list[tuple[JobHandle, list[Any]]] = []
         for text in texts:
             if text == "wake":
                 continue
@@ -384,7 +401,10 @@ class RedisDispatcher(Dispatcher):
                         self._early.pop(next(iter(self._early)))
                     self._early[job_id] = reply
                     continue
-            self._finish(handle, reply)
+                self._delivering += 1
+            done.append((handle, reply))
+        if done:
+            self._deliver([(handle, *self._outcome(handle, reply)) for handle, reply in done])
 
     def _reader_backoff(self, failures: int) -> None:
         delay = backoff_delay(failures, base_s=_RECONNECT_BASE_S, factor=2.0, cap_s=_RECONNECT_CAP_S,
@@ -403,8 +423,9 @@ class RedisDispatcher(Dispatcher):
             self._log.warning("dispatcher %s: Redis unavailable, reconnecting with backoff: %s",
                               self.dispatcher_id, exc)
 
-    def _finish(self, handle: JobHandle, reply: list[Any]) -> None:
-        """Complete ``handle`` from its reply ``[id, kind, attempts, body]``. Never raises."""
+    def _outcome(self, handle: JobHandle, reply: list[Any]) -> tuple[str, Any, BaseException | None]:
+        """What ``handle`` completes with, from its reply ``[id, kind, attempts, body]``; sets its
+        job state and attempts. Never raises."""
         try:
             kind, attempts, body = reply[1], int(reply[2]), reply[3]
         except Exception:
@@ -412,25 +433,42 @@ class RedisDispatcher(Dispatcher):
         handle.attempts = attempts
         if kind == "ok":
             handle._job_state = JobState.SUCCEEDED
-            handle._complete(FINISHED, body, None)
-        elif kind == "unencodable":
+            return FINISHED, body, None
+        if kind == "unencodable":
             handle._job_state = JobState.SUCCEEDED
-            handle._complete(FINISHED, None, TypeError(
-                f"job {handle.id} ({handle.name}) succeeded, but {body}; a job on Redis must return JSON"))
-        elif kind == "dead" and isinstance(body, dict):
-            handle._job_state = JobState.DEAD_LETTERED
-            handle._complete(FINISHED, None, RemoteJobError(
+            return FINISHED, None, TypeError(
+                f"job {handle.id} ({handle.name}) succeeded, but {body}; a job on Redis must return JSON")
+        handle._job_state = JobState.DEAD_LETTERED
+        if kind == "dead" and isinstance(body, dict):
+            return FINISHED, None, RemoteJobError(
                 handle.id, str(body.get("exc_type", "?")), str(body.get("exc_message", "")),
                 remote_traceback=str(body.get("traceback", "")), attempts=attempts,
                 reason=str(body.get("reason", "")),
-            ))
-        else:
-            handle._job_state = JobState.DEAD_LETTERED
-            handle._complete(FINISHED, None, RemoteJobError(
-                handle.id, "?", f"unreadable reply {json.dumps(reply)[:80]}", attempts=attempts, reason="?"))
-        with self._lock:
-            self._remember_locked(handle.id)
-            self._settled.notify_all()
+            )
+        return FINISHED, None, RemoteJobError(
+            handle.id, "?", f"unreadable reply {json.dumps(reply)[:80]}", attempts=attempts, reason="?")
+
+    def _deliver(self, outcomes: list[tuple[JobHandle, str, Any, BaseException | None]]) -> None:
+        """Complete handles taken from ``_pending`` (each counted in ``_delivering``): set each
+        future and wake its waiters here, then run done-callbacks on the callback threads, so a
+        slow callback holds back neither the reply reader nor other handles. Never raises."""
+        later: list[tuple[JobHandle, list[Callable[[Any], object]]]] = []
+        try:
+            for handle, state, result, exc in outcomes:
+                callbacks = handle._settle(state, result, exc)
+                if callbacks:
+                    later.append((handle, callbacks))
+        finally:
+            with self._lock:
+                self._delivering -= len(outcomes)
+                for handle, _, _, _ in outcomes:
+                    self._remember_locked(handle.id)
+                self._settled.notify_all()
+        for handle, callbacks in later:
+            try:
+                self._callback_pool.submit(_run_callbacks, handle, callbacks)
+            except RuntimeError:  # the pool is shut down (a late delivery during shutdown): run here
+                _run_callbacks(handle, callbacks)
 
     def _remember_locked(self, job_id: int) -> None:
         self._recent[job_id] = None
@@ -448,20 +486,20 @@ class RedisDispatcher(Dispatcher):
         except BrokerUnavailable as exc:
             self._log.warning("could not cancel job %d: %s", job.id, exc)
             return False
-        if not done:
-            return job.cancelled()
+        if not done:  # leased, finished, or cancelled just now by a shutdown
+            return job.cancelled() or job._job_state is JobState.CANCELLED
         self._cancelled([job])
         return True
 
     def _cancelled(self, jobs: list[JobHandle]) -> None:
+        """Complete handles whose jobs were cancelled in Redis: all are marked cancelled (under
+        the lock) before any callback runs, as in memory."""
         with self._lock:
-            for job in jobs:
-                self._pending.pop(job.id, None)
-        for job in jobs:
-            job._job_state = JobState.CANCELLED
-            job._complete(CANCELLED_AND_NOTIFIED, None, None)
-        with self._lock:
-            self._settled.notify_all()
+            mine = [job for job in jobs if self._pending.pop(job.id, None) is not None]
+            for job in mine:
+                job._job_state = JobState.CANCELLED
+            self._delivering += len(mine)
+        self._deliver([(job, CANCELLED_AND_NOTIFIED, None, None) for job in mine])
 
     # ==========================================================================================
     # Control and state: the fleet's
@@ -487,7 +525,14 @@ class RedisDispatcher(Dispatcher):
         return self._worker._local.max_workers if self._worker is not None else 0
 
     def pause(self) -> None:
-        """Pause the whole fleet: no process fetches; running jobs finish. Thread-safe."""
+        """Pause the whole fleet: no process fetches; running jobs finish. Thread-safe.
+
+        Raises:
+            DispatcherClosed: this dispatcher is shutting down (its drain cannot be paused).
+        """
+        with self._lock:
+            if self._closed:
+                raise DispatcherClosed("the dispatcher is shutting down; a drain cannot be paused")
         self._queue.set_paused(True)
 
     def resume(self) -> None:
@@ -586,11 +631,22 @@ class RedisDispatcher(Dispatcher):
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._lock:
-            while self._pending:
+            while self._pending or self._delivering:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
                 self._settled.wait(remaining)
+            return True
+
+    def _drained(self, timeout_s: float | None) -> bool:
+        """Like :meth:`join`, with ``timeout_s`` on the injected clock (a shutdown's timeout is)."""
+        with self._lock:
+            deadline = None if timeout_s is None else self._clock.monotonic() + timeout_s
+            while self._pending or self._delivering:
+                remaining = None if deadline is None else deadline - self._clock.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._clock.wait(self._settled, remaining)
             return True
 
     def shutdown(  # type: ignore[override]
@@ -634,7 +690,7 @@ class RedisDispatcher(Dispatcher):
                     return self._report
             started = self._clock.monotonic()
             escalated = False
-            if not forceful and not self.join(timeout_s):
+            if not forceful and not self._drained(timeout_s):
                 escalated = forceful = True
             cancelled: list[JobHandle] = []
             if forceful:
@@ -657,6 +713,7 @@ class RedisDispatcher(Dispatcher):
             except BrokerUnavailable:
                 pass  # the reader returns after at most poll_s, or from its backoff wait
             self._reader.join()
+            self._callback_pool.shutdown(wait=not getattr(_callback_thread, "active", False))
             with self._lock:
                 left = list(self._pending.values())
                 self._pending.clear()
@@ -689,3 +746,12 @@ class RedisDispatcher(Dispatcher):
     def __repr__(self) -> str:
         return (f"<RedisDispatcher {self._name!r} on {self._queue.url} queue={self._queue.queue!r} "
                 f"id={self.dispatcher_id}>")
+
+
+def _run_callbacks(handle: JobHandle, callbacks: list[Callable[[Any], object]]) -> None:
+    _callback_thread.active = True
+    try:
+        for fn in callbacks:
+            _invoke_callback(fn, handle)
+    finally:
+        _callback_thread.active = False

@@ -793,13 +793,16 @@ class RedisWorker:
         exc = handle.exception()
         if exc is None:
             return
-        self._failed(d, exc, run_s=0.0, wait_s=0.0, timed_out=isinstance(exc, JobTimeout))
-        try:
-            self._local.dlq_delete(handle.id)  # type: ignore[attr-defined]
+        tb: str | None = None
+        try:  # the local entry of a timed-out attempt holds the stack of the thread left running
+            tb = self._local.dlq_delete(handle.id).traceback  # type: ignore[attr-defined]
         except JobNotFound:
             pass
+        self._failed(d, exc, run_s=0.0, wait_s=0.0, timed_out=isinstance(exc, JobTimeout), tb=tb)
 
-    def _failed(self, d: _Delivery, exc: BaseException, *, run_s: float, wait_s: float, timed_out: bool) -> None:
+    def _failed(
+        self, d: _Delivery, exc: BaseException, *, run_s: float, wait_s: float, timed_out: bool, tb: str | None = None
+    ) -> None:
         assert d.job is not None
         now = self._clock.time()
         policy = self._retry
@@ -821,10 +824,11 @@ class RedisWorker:
             reason = f"not retryable: {type(exc).__name__} is not in retry_on"
         else:
             reason = f"retries exhausted ({d.job.max_retries} retries)"
-        try:
-            tb = "".join(traceback.format_exception(exc))
-        except Exception as tb_exc:  # a broken __str__ must not break the worker
-            tb = f"<traceback unavailable: {tb_exc!r}>"
+        if tb is None:
+            try:
+                tb = "".join(traceback.format_exception(exc))
+            except Exception as tb_exc:  # a broken __str__ must not break the worker
+                tb = f"<traceback unavailable: {tb_exc!r}>"
         entry = dead_letter_entry(exc_type=_qualname(type(exc)), exc_message=_safe_str(exc), traceback=tb,
                                   attempts=d.attempt, reason=reason, last_failure_at=now)
         self._settle(d, Outcome.dead(d.job_id, d.token, entry=entry, run_s=run_s, wait_s=wait_s,

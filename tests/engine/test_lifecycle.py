@@ -88,6 +88,7 @@ def test_graceful_shutdown_finishes_running_queued_and_scheduled(
     assert snap.state.value == "stopped" and snap.workers_total == 0 and snap.consistent
 
 
+@pytest.mark.both_brokers
 def test_graceful_shutdown_escalates_after_its_timeout(make_dispatcher, gate: Gate, clock: FakeClock, broker_kind):
     d = make_dispatcher(min_workers=1, max_workers=1, force_wait_s=2)
     running = d.submit(gate.job, "r")
@@ -231,6 +232,7 @@ def test_a_job_past_its_timeout_is_retried_and_its_worker_replaced(
     assert handle.result() == "in time" and snap.counters.succeeded == 1 and snap.consistent
 
 
+@pytest.mark.both_brokers
 def test_a_timeout_on_the_last_attempt_dead_letters_with_the_stuck_stack(
     make_dispatcher, gate: Gate, clock: FakeClock, caplog, broker_kind,
 ):

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from engine import DispatcherClosed, JobState, JobTimeout, QueueFull, TaskRegistry
+from engine import DispatcherClosed, JobState, JobTimeout, QueueFull, ShutdownReport, TaskRegistry
 from engine.brokers.memory import MemoryBroker
 from engine.jobs import JobHandle
 from tests.engine.conftest import WAIT_S, eventually, failed_with
@@ -100,13 +100,14 @@ def test_shutdown_from_a_done_callback_returns(make_dispatcher, gate, broker_kin
     handle.add_done_callback(stop_when_done)
     gate.open()
     came_back = returned.wait(SHORT_S)
-    # unstick the worker so no thread outlives the test (on Redis the callback runs on the reply
-    # reader, and shutdown's timeout_s bounds how long it can wait there)
+    # unstick the worker so no thread outlives the test
     if not came_back and broker_kind == "memory":
         with d._lock:
             d._workers.clear()
         returned.wait(WAIT_S)
     assert came_back, "shutdown() called from a done-callback never returned"
+    [report] = outcome
+    assert isinstance(report, ShutdownReport) and report.completed, report  # on Redis too: callbacks run off the reader
 
 
 def test_the_tick_failure_log_is_emitted_without_the_dispatcher_lock(make_dispatcher, clock):
@@ -190,6 +191,7 @@ def test_a_slow_done_callback_does_not_time_out_the_next_job(make_dispatcher, cl
         logger.removeHandler(handler)
 
 
+@pytest.mark.both_brokers
 def test_no_job_waits_behind_a_done_callback_while_a_worker_is_idle(make_dispatcher, tasks):
     d = make_dispatcher(min_workers=2, max_workers=2)
     a_go, j1_go = threading.Event(), threading.Event()
@@ -221,6 +223,7 @@ def test_no_job_waits_behind_a_done_callback_while_a_worker_is_idle(make_dispatc
 
 
 # -- pause during a graceful shutdown ---------------------------------------------------------
+@pytest.mark.both_brokers
 def test_pause_cannot_stall_a_graceful_shutdown(make_dispatcher, gate):
     d = make_dispatcher(min_workers=1, max_workers=1)
     running = d.submit(gate.job, "running")
@@ -250,6 +253,7 @@ def test_map_with_a_bounded_queue_blocks_like_executor_map(make_dispatcher):
 
 
 # -- the handle's two views of its state ------------------------------------------------------
+@pytest.mark.both_brokers
 def test_join_returning_true_means_every_handle_is_done(make_dispatcher, gate):
     d = make_dispatcher(min_workers=1, max_workers=1)
     handle = d.submit(gate.job, 5)
@@ -267,6 +271,7 @@ def test_join_returning_true_means_every_handle_is_done(make_dispatcher, gate):
     assert d.join(timeout_s=WAIT_S) and handle.done()
 
 
+@pytest.mark.both_brokers
 def test_cancel_returning_true_means_cancelled(make_dispatcher, gate):
     d = make_dispatcher(min_workers=1, max_workers=1, force_wait_s=0)
     d.submit(gate.job, "running")
