@@ -1,7 +1,8 @@
 """Property test: random mixes of job outcomes, retry settings, cancels and shutdown moments on a
 real Dispatcher (real threads, a FakeClock, a seeded rng). Whatever happens, every job ends in
 exactly one final state, never runs more than max_retries + 1 times, nothing is lost, and the
-snapshot's counters match what the jobs themselves saw."""
+snapshot's counters match what the jobs themselves saw. The same plans also run on a Dispatcher
+on Redis, where the same holds in the terms of engine/redis_dispatcher.py (see below)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ import random
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
-from hypothesis import HealthCheck, given, settings
+import pytest
+import redis
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from engine import (
@@ -26,11 +30,18 @@ from engine import (
     JobHandle,
     JobState,
     Permanent,
+    RemoteJobError,
     RetryAfter,
     RetryPolicy,
     Snapshot,
+    TaskRegistry,
 )
+from engine.brokers.redis import RedisBroker, RedisQueue
+from engine.fleet import FleetView
+from engine.metrics import DeadLetter
+from engine.redis_worker import current_redis_job
 from tests.engine.conftest import WAIT_S, stop
+from tests.redis_support import delete_prefix
 
 # One script per job: what each successive call does.
 OK = ("ok",)
@@ -275,6 +286,309 @@ def test_every_job_ends_exactly_once_and_the_counters_match(plan: Plan) -> None:
         if isinstance(handle.exception(timeout=0), Permanent):
             assert entry.attempts == 1
             if handle.options.retry.max_retries > 0:
+                assert entry.reason == "not retryable: raised Permanent"
+
+    # -- futures agree with the engine -------------------------------------------------------------
+    done, pending = cf.wait(handles, timeout=0)
+    assert not pending and len(done) == len(handles)
+
+
+# ================================================================================================
+# The same property on a Dispatcher on Redis (issue 4)
+# ================================================================================================
+# The plans are the memory test's; each example builds its own dispatcher on a fresh key prefix
+# (Hypothesis runs many examples per test call, so function-scoped fixtures cannot provide them),
+# registers the example's job function, and deletes its keys afterwards. What differs on Redis,
+# and is checked instead of the memory test's figures (see engine/redis_dispatcher.py):
+# * a handle learns its attempts only from how its job ended; a job's attempt numbers come from
+#   current_redis_job() inside the job, so every attempt is checked to run exactly once;
+# * a forceful shutdown cancels the jobs still waiting in Redis; a running attempt it gives up on
+#   goes back to the queue as a failed attempt (a LeaseExpired entry if out of retries), and jobs
+#   it did not see end raise DispatcherClosed and are listed in report.abandoned: each of those
+#   is still in exactly one structure in Redis, or ended there after the dispatcher stopped;
+# * the counters are the queue's, read from Redis.
+REDIS_EXAMPLES = 25
+# Fake time runs 5 s per step of ``drive``; a lease that ran out would hand a job out again
+# (at-least-once delivery) and hide the duplicate runs this test looks for. No example gets
+# near this much fake time within the real-time bounds, so no lease can end here.
+LEASE_S = 100_000.0
+SCRIPT_EXC = {"fail": "ValueError", "always": "ValueError", "permanent": "Permanent", "retry_after": "RetryAfter"}
+
+
+class RedisJobs(Jobs):
+    """Jobs that also record, per call, the attempt number Redis gave it."""
+
+    def __init__(self, plan: Plan) -> None:
+        super().__init__(plan)
+        self.attempt_nos: list[list[int | None]] = [[] for _ in plan.jobs]
+
+    def run(self, index: int) -> int:
+        job = current_redis_job()
+        self.attempt_nos[index].append(job.attempt if job is not None else None)
+        return super().run(index)
+
+
+@dataclass
+class RedisAfter:
+    """What Redis holds once the dispatcher has stopped."""
+
+    where: dict[int, list[str]]  # job id -> the structures holding it (ready / processing / ...)
+    ready_len: int
+    hashes: dict[int, dict[str, str]]  # job id -> its job:<id> hash, for the ids the test made
+    snap: Snapshot  # the fleet's snapshot (counters and depths, read atomically)
+    dlq: list[DeadLetter]
+
+
+def read_redis(url: str, key_prefix: str, ids: list[int], clock: FakeClock) -> RedisAfter:
+    base = f"{key_prefix}:{{default}}:"
+    client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=WAIT_S)
+    queue = RedisQueue(url, prefix=key_prefix, clock=clock)
+    try:
+        where: dict[int, list[str]] = {}
+        ready = client.lrange(base + "ready", 0, -1)
+        for job_id in ready:
+            where.setdefault(int(job_id), []).append("ready")
+        for zset in ("processing", "scheduled", "dlq"):
+            for job_id in client.zrange(base + zset, 0, -1):
+                where.setdefault(int(job_id), []).append(zset)
+        hashes = {job_id: client.hgetall(f"{base}job:{job_id}") for job_id in ids}
+        return RedisAfter(where, len(ready), hashes, FleetView(queue, clock=clock).snapshot(),
+                          queue.dlq_list(0, 1000))
+    finally:
+        queue.close()
+        client.close()
+
+
+def drive_redis(d: Dispatcher, view: FleetView, clock: FakeClock, until, snaps: list[Snapshot], what: str) -> None:
+    """``drive`` for the Redis run, with the snapshots read through a client of the test's own.
+    The dispatcher's snapshot() uses the dispatcher's client, which the end of its shutdown
+    closes, and a graceful shutdown ends while this loop runs: a snapshot() in flight then fails
+    (BrokerUnavailable, "Bad file descriptor") although Redis is up. The dispatcher's own
+    snapshot() is taken below where no shutdown runs."""
+    deadline = time.monotonic() + WAIT_S
+    while not until():
+        assert time.monotonic() < deadline, f"timed out driving the clock until {what}"
+        snaps.append(view.snapshot())
+        clock.advance(5.0)
+        d.join(timeout_s=0.002)
+
+
+MIXED = [(("fail", 2), 3), (OK, 0), (("always",), 1), (("retry_after", 1, 0.0), 2), (("permanent",), 2),
+         (("fail", 4), 1), (("retry_after", 2, 2.0), 3), (OK, 1)]
+
+
+@pytest.mark.redis
+@settings(max_examples=REDIS_EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(plan=plans())
+# Redis-specific corners the generated plans reach rarely, run on every call: a forceful stop
+# before anything finished (jobs leased to the pool are given back, the rest cancelled in Redis),
+# one while retries wait in the schedule, and a graceful drain of a pool that scales.
+@example(plan=Plan(jobs=MIXED + MIXED[:4], min_workers=3, max_workers=3, autoscale=False, base_s=0.0,
+                   jitter="none", seed=1, moment="forceful_midway", moment_at=0, force_wait_s=0.0,
+                   cancel=[1, 9]))
+@example(plan=Plan(jobs=MIXED, min_workers=1, max_workers=2, autoscale=True, base_s=0.5, jitter="full",
+                   seed=2, moment="forceful_midway", moment_at=3, force_wait_s=1.0, cancel=[6]))
+@example(plan=Plan(jobs=MIXED + MIXED, min_workers=1, max_workers=4, autoscale=True, base_s=0.5,
+                   jitter="equal", seed=3, moment="graceful_midway", moment_at=12, force_wait_s=0.0,
+                   cancel=[0, 3, 13]))
+def test_every_job_ends_exactly_once_and_the_counters_match_on_redis(redis_url: str, plan: Plan) -> None:
+    # redis_url is function-scoped but only names the server; nothing in it changes per example.
+    clock = FakeClock(start=100.0, max_real_wait_s=0.05)
+    name = f"rprop{next(_names)}"
+    key_prefix = f"tdprop-{uuid.uuid4().hex[:12]}"
+    policy = AutoscalePolicy(interval_s=0.25, up_sustain_s=0.0, up_cooldown_s=0.0,
+                             down_sustain_s=1.0, down_cooldown_s=1.0) if plan.autoscale else False
+    jobs = RedisJobs(plan)
+    tasks = TaskRegistry()
+    tasks.register("prop.run", jobs.run)
+    handles: list[JobHandle] = []
+    user_cancelled: set[int] = set()
+    calls_at_cancel: dict[int, int] = {}
+    snaps: list[Snapshot] = []
+    finished = threading.Semaphore(0)
+    report = None
+    observer = RedisQueue(redis_url, prefix=key_prefix, clock=clock)
+    view = FleetView(observer, clock=clock)
+    try:
+        d = Dispatcher(
+            min_workers=plan.min_workers, max_workers=plan.max_workers, autoscale=policy,
+            retry=RetryPolicy(max_retries=3, base_s=plan.base_s, factor=2.0, cap_s=4.0, jitter=plan.jitter),
+            clock=clock, rng=random.Random(plan.seed), log_interval_s=0, force_wait_s=plan.force_wait_s,
+            name=name, tasks=tasks,
+            broker=RedisBroker(redis_url, prefix=key_prefix, prefetch=0, poll_s=0.05, lease_s=LEASE_S),
+        )
+        try:
+            submit_count = plan.moment_at if plan.moment == "graceful_midway" else len(plan.jobs)
+            for index, (_, max_retries) in enumerate(plan.jobs[:submit_count]):
+                handle = d.submit_job(jobs.run, args=(index,), max_retries=max_retries, name=f"job{index}")
+                handle.add_done_callback(lambda _f: finished.release())
+                handles.append(handle)
+            for index in plan.cancel:
+                if index < len(handles) and handles[index].cancel():
+                    user_cancelled.add(index)
+                    # Taken out of Redis: its calls so far are all it will ever make.
+                    calls_at_cancel[index] = len(jobs.calls[index])
+
+            if plan.moment == "graceful_after_all":
+                drive_redis(d, view, clock, lambda: d.join(timeout_s=0), snaps, "all jobs finished")
+                snaps.append(d.snapshot(workers=False))
+                report = d.shutdown(wait=True)
+            elif plan.moment == "graceful_midway":
+                d.shutdown(wait=False)
+                with pytest.raises(DispatcherClosed):
+                    d.submit(jobs.run, 0)
+                drive_redis(d, view, clock, lambda: d.state is EngineState.STOPPED, snaps,
+                            "the graceful shutdown ended")
+                report = d.shutdown(wait=True)
+            else:
+                target = min(plan.moment_at, len(handles))
+                acquired = 0
+
+                def enough_finished() -> bool:
+                    nonlocal acquired
+                    while acquired < target and finished.acquire(blocking=False):
+                        acquired += 1
+                    return acquired >= target
+
+                drive_redis(d, view, clock, enough_finished, snaps, f"{target} jobs finished")
+                snaps.append(d.snapshot(workers=False))
+                report = stop(d, clock, cancel_futures=True)
+        finally:
+            if report is None:
+                stop(d, clock, cancel_futures=True)
+            join_threads(name)  # every attempt's call is recorded, every thread gone
+        after = read_redis(redis_url, key_prefix, [h.id for h in handles], clock)
+    finally:
+        observer.close()
+        delete_prefix(redis_url, key_prefix)
+
+    # -- every snapshot taken along the way added up, and counters only grew -------------------
+    for snap in snaps:
+        assert snap.consistent, snap
+    for before, later in itertools.pairwise(snaps):
+        for counter in ("submitted", "succeeded", "failed", "retries", "dead_lettered", "cancelled"):
+            assert getattr(later.counters, counter) >= getattr(before.counters, counter)
+
+    # -- Redis after the stop: every job in at most one structure, none leased -------------------
+    assert report.completed
+    abandoned = {job_id for job_id, _ in report.abandoned}
+    force_cancelled = {job_id for job_id, _ in report.cancelled}
+    if plan.moment != "forceful_midway":
+        assert report.cancelled == () and report.abandoned == () and not report.forceful
+    ids = {h.id for h in handles}
+    assert set(after.where) <= ids, f"jobs nobody submitted in Redis: {set(after.where) - ids}"
+    for job_id, places in after.where.items():
+        assert len(places) == 1, f"job {job_id} is in {places}"
+    assert "processing" not in {p for places in after.where.values() for p in places}, \
+        "a job is still leased after the only worker stopped"
+
+    # -- every handle ended, and each attempt ran exactly once -----------------------------------
+    by_state: Counter[JobState] = Counter()
+    ended_in_redis: Counter[str] = Counter()  # abandoned jobs: "ok", "dlq", or still "waiting"
+    retries = 0
+    for index, handle in enumerate(handles):
+        script, max_retries = plan.jobs[index]
+        calls = jobs.calls[index]
+        places = after.where.get(handle.id, [])
+        fields = after.hashes[handle.id]
+        assert handle.done(), f"job {index} not done: {handle!r}"
+        assert len(calls) <= max_retries + 1, f"job {index} ran {len(calls)} times: {script}"
+        assert jobs.attempt_nos[index] == list(range(1, len(calls) + 1)), \
+            f"job {index}: attempts ran {jobs.attempt_nos[index]} ({calls})"
+        if handle.id in abandoned:
+            exc = handle.exception(timeout=0)
+            assert isinstance(exc, DispatcherClosed), f"job {index}: {exc!r}"
+            assert handle.state is JobState.QUEUED and not handle.cancelled()
+            if places in (["ready"], ["scheduled"]):  # still waiting: every call failed (or was given up on)
+                assert int(fields["a"]) == len(calls), (index, fields, calls)
+                ended_in_redis["waiting"] += 1
+                retries += len(calls)
+            elif places == ["dlq"]:
+                ended_in_redis["dlq"] += 1
+                retries += len(calls) - 1
+            else:  # it succeeded after this dispatcher stopped listening
+                assert places == [] and not fields and calls and calls[-1] == "ok", (index, places, fields, calls)
+                ended_in_redis["ok"] += 1
+                retries += len(calls) - 1
+            continue
+        state = handle.state
+        assert state.final, f"job {index}: {handle!r}"
+        by_state[state] += 1
+        assert handle.cancelled() == (state is JobState.CANCELLED)
+        if state is JobState.CANCELLED:
+            assert handle.id in force_cancelled or index in user_cancelled
+            assert places == [] and not fields, f"cancelled job {index} still in Redis: {places} {fields}"
+            assert "ok" not in calls
+            retries += len(calls)  # each of its attempts failed and was retried
+            continue
+        assert index not in user_cancelled
+        exc = handle.exception(timeout=0)
+        assert not isinstance(exc, DispatcherClosed)
+        assert handle.attempts == len(calls)
+        retries += len(calls) - 1
+        if state is JobState.SUCCEEDED:
+            assert exc is None and handle.result(timeout=0) == index
+            assert calls[-1] == "ok" and calls.count("ok") == 1
+            assert places == [] and not fields
+        else:
+            assert state is JobState.DEAD_LETTERED, f"job {index}: {handle!r}"
+            assert isinstance(exc, RemoteJobError) and exc.attempts == handle.attempts, repr(exc)
+            assert places == ["dlq"]
+            if exc.exc_type.endswith(".LeaseExpired"):  # its last attempt was given up on by the stop
+                assert plan.moment == "forceful_midway" and handle.attempts == max_retries + 1
+                continue
+            assert "ok" not in calls
+            assert exc.exc_type.rsplit(".", 1)[-1] == SCRIPT_EXC[script[0]], repr(exc)
+        assert (state, handle.attempts) == expected_outcome(script, max_retries), f"job {index} {script}"
+    for index, count in calls_at_cancel.items():
+        assert len(jobs.calls[index]) == count, f"job {index} ran after its handle was cancelled"
+    if plan.moment != "forceful_midway":
+        assert not ended_in_redis
+        for index, handle in enumerate(handles):
+            if index not in user_cancelled:
+                assert (handle.state, handle.attempts) == expected_outcome(*plan.jobs[index])
+
+    # -- the queue's counters match what the jobs and handles saw ---------------------------------
+    snap = after.snap
+    c = snap.counters
+    assert snap.consistent and snap.state is EngineState.STOPPED and snap.workers == ()
+    assert snap.in_flight == 0 and snap.backlog == after.ready_len
+    assert snap.backlog + snap.scheduled == ended_in_redis["waiting"]
+    assert c.submitted == len(handles)
+    assert c.succeeded == by_state[JobState.SUCCEEDED] + ended_in_redis["ok"]
+    assert c.dead_lettered == by_state[JobState.DEAD_LETTERED] + ended_in_redis["dlq"] == snap.dlq_size
+    assert c.cancelled == by_state[JobState.CANCELLED] == len(force_cancelled) + len(user_cancelled)
+    assert c.submitted == c.succeeded + c.dead_lettered + c.cancelled + ended_in_redis["waiting"]
+    assert c.timed_out == 0 and c.requeued == 0
+    cancelled_ids = {h.id for h in handles if h.state is JobState.CANCELLED}
+    assert cancelled_ids == force_cancelled | {handles[i].id for i in user_cancelled}
+    # Every call is counted once: as succeeded, or as failed (a call given up on by a forceful
+    # stop too, whatever it returned); every failure was retried or dead-lettered.
+    assert c.succeeded + c.failed == sum(len(calls) for calls in jobs.calls)
+    assert c.failed == c.retries + c.dead_lettered
+    assert c.retries == retries
+    assert sum(n for _, n in snap.retries_by_attempt) == c.retries
+
+    # -- the DLQ holds exactly the dead-lettered jobs, with their attempts ---------------------------
+    by_id = {h.id: i for i, h in enumerate(handles)}
+    dead = {h.id for h in handles if h.state is JobState.DEAD_LETTERED}
+    dead |= {job_id for job_id, places in after.where.items() if places == ["dlq"]}
+    assert sorted(e.job_id for e in after.dlq) == sorted(dead)
+    for entry in after.dlq:
+        index = by_id[entry.job_id]
+        handle = handles[index]
+        script, max_retries = plan.jobs[index]
+        assert entry.attempts == len(jobs.calls[index]) <= max_retries + 1
+        if handle.state is JobState.DEAD_LETTERED:
+            assert entry.exc_type == handle.exception(timeout=0).exc_type
+        if entry.exc_type.endswith(".LeaseExpired"):
+            assert plan.moment == "forceful_midway" and entry.attempts == max_retries + 1
+            continue
+        assert entry.exc_type.rsplit(".", 1)[-1] == SCRIPT_EXC[script[0]]
+        if script[0] == "permanent":
+            assert entry.attempts == 1
+            if max_retries > 0:
                 assert entry.reason == "not retryable: raised Permanent"
 
     # -- futures agree with the engine -------------------------------------------------------------
