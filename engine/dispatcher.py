@@ -1451,6 +1451,13 @@ class Dispatcher(Executor):
         _live_dispatchers.discard(self)
         return report
 
+    def _exit(self) -> None:
+        """At interpreter exit (like ThreadPoolExecutor): finish what was submitted."""
+        snap = self.snapshot(workers=False)
+        if snap.unfinished:
+            log.warning("interpreter exiting: draining %d unfinished jobs of %r", snap.unfinished, self)
+        self.shutdown(wait=True)
+
     def __enter__(self) -> Dispatcher:
         return self
 
@@ -1475,12 +1482,9 @@ def _shutdown_at_exit() -> None:
     """Like ThreadPoolExecutor: at interpreter exit, finish what was submitted."""
     for dispatcher in list(_live_dispatchers):
         try:
-            snap = dispatcher.snapshot(workers=False)
-            if snap.unfinished:
-                log.warning("interpreter exiting: draining %d unfinished jobs of %r", snap.unfinished, dispatcher)
-        except Exception as exc:  # a Redis dispatcher whose Redis is away: still shut it down
-            log.warning("interpreter exiting: %r cannot take a snapshot: %s", dispatcher, exc)
-        dispatcher.shutdown(wait=True)
+            dispatcher._exit()
+        except Exception:  # one dispatcher's failure must not keep the others running
+            log.exception("interpreter exiting: shutting down %r failed", dispatcher)
 
 
 # Run before the interpreter stops allowing new threads (3.12+ refuses them in atexit handlers),

@@ -40,10 +40,12 @@ What differs, because the jobs cross process boundaries:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
 import random
+import re
 import threading
 import time
 import uuid
@@ -189,9 +191,13 @@ class RedisDispatcher(Dispatcher):
 
         self._lock = threading.Lock()  # guards every field marked (lock)
         self._settled = threading.Condition(self._lock)  # a handle completed, or stopping
-        self._pending: dict[int, JobHandle] = {}  # (lock) handles waiting for a reply, by job id
-        self._early: dict[int, list[Any]] = {}  # (lock) replies that came before their handle
-        self._recent: dict[int, None] = {}  # (lock) ids of the handles completed last, oldest first
+        self._pending: dict[tuple[int, int], _RedisHandle] = {}  # (lock) handles waiting, by (id, life)
+        self._early: dict[tuple[int, int], list[Any]] = {}  # (lock) replies that came before their handle
+        self._recent: dict[tuple[int, int], None] = {}  # (lock) (id, life) of the handles completed last
+        self._sending = 0  # (lock) submits and requeues under way (their early replies are kept)
+        self._forced = False  # (lock) a forceful shutdown began
+        self._escalate = False  # (lock) a forceful shutdown was asked for: a graceful one stops waiting
+        self._lives = itertools.count(1)  # (lock) life numbers of requeues; a submit's jobs are life 0
         self._closed = False  # (lock) intake stopped
         self._stopped = False  # (lock) shutdown finished
         self._reader_stop = False  # (lock)
@@ -249,39 +255,70 @@ class RedisDispatcher(Dispatcher):
         with self._lock:
             if self._closed:
                 raise DispatcherClosed("the dispatcher is shut down and takes no new jobs")
-        ids = self._queue.submit_many(
-            task, arg_tuples, kwargs=kwargs, name=options.name, max_retries=options.retry.max_retries,
-            timeout_s=options.timeout_s, reply_to=self._reply_to,
-        )
+            self._sending += 1
         fn = self._tasks.get(task) if self._tasks is not None else None
         label = options.name or task
-        handles = [JobHandle(self, job_id, fn, args, dict(kwargs) if kwargs else None, label, options, task=task)
-                   for job_id, args in zip(ids, arg_tuples, strict=True)]
-        self._track(handles)
+        copied = dict(kwargs) if kwargs else None
+        handles: list[JobHandle] = []
+
+        def track(ids: list[int]) -> None:  # after each chunk of 1000, before the next is sent
+            at = len(handles)
+            chunk = [_RedisHandle(self, job_id, fn, args, copied, label, options, task=task)
+                     for job_id, args in zip(ids, arg_tuples[at:at + len(ids)], strict=True)]
+            handles.extend(chunk)
+            self._track(chunk)
+
+        try:
+            self._queue.submit_many(
+                task, arg_tuples, kwargs=kwargs, name=options.name, max_retries=options.retry.max_retries,
+                timeout_s=options.timeout_s, reply_to=self._reply_to, life=0, on_chunk=track,
+            )
+        finally:
+            with self._lock:
+                self._sending -= 1
         return handles
 
-    def _track(self, handles: list[JobHandle]) -> None:
+    def _track(self, handles: list[_RedisHandle]) -> None:
         """Wait for these handles' replies (or take those that came first)."""
-        early: list[tuple[JobHandle, list[Any]]] = []
-        late: list[JobHandle] = []
+        early: list[tuple[_RedisHandle, list[Any]]] = []
+        late: list[_RedisHandle] = []
         with self._lock:
             if self._reader_stop:  # a shutdown finished while these were being sent: nobody will listen
                 late = handles
             else:
                 for handle in handles:
-                    self._recent.pop(handle.id, None)  # a requeued job's new outcome is not a duplicate
-                    reply = self._early.pop(handle.id, None)
+                    key = (handle.id, handle.life)
+                    reply = self._early.pop(key, None)
                     if reply is None:
-                        self._pending[handle.id] = handle
+                        self._pending[key] = handle
                     else:
+                        self._remember_locked(key)
                         early.append((handle, reply))
                 self._delivering += len(early)
-        for handle in late:
-            handle._complete(FINISHED, None, DispatcherClosed(
-                f"job {handle.id} ({handle.name}) was queued in Redis while this dispatcher shut down; "
-                "it ends there, not in this handle"))
+        if late:
+            self._orphaned(late)
         if early:
             self._deliver([(handle, *self._outcome(handle, reply)) for handle, reply in early])
+
+    def _orphaned(self, handles: list[_RedisHandle]) -> None:
+        """Handles sent while a shutdown finished: their jobs are told to send no reply (and
+        cancelled, if the shutdown was forceful); the rest end with DispatcherClosed."""
+        ids = [h.id for h in handles]
+        cancelled: set[int] = set()
+        try:
+            if self._forced:
+                cancelled = set(self._queue.cancel(ids, owner=self._reply_to))
+            self._queue.drop_replies(self._reply_to, ids)
+        except BrokerUnavailable as exc:
+            self._log.warning("could not detach %d jobs sent during shutdown: %s", len(ids), exc)
+        for handle in handles:
+            if handle.id in cancelled:
+                handle._job_state = JobState.CANCELLED
+                handle._complete(CANCELLED_AND_NOTIFIED, None, None)
+            else:
+                handle._complete(FINISHED, None, DispatcherClosed(
+                    f"job {handle.id} ({handle.name}) was queued in Redis while this dispatcher shut down; "
+                    "it ends there, not in this handle"))
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> JobHandle:
         """Submit ``fn(*args, **kwargs)``; ``fn`` must be a registered task, the arguments JSON.
@@ -380,27 +417,25 @@ class RedisDispatcher(Dispatcher):
             self._note(True, None)
 
     def _handle_replies(self, texts: list[str]) -> None:
-        done: list[tuple[JobHandle, list[Any]]] = []
+        done: list[tuple[_RedisHandle, list[Any]]] = []
         for text in texts:
             if text == "wake":
                 continue
-            try:
-                reply = json.loads(text)
-                job_id = int(reply[0])
-                if not isinstance(reply, list) or len(reply) != 4:
-                    raise ValueError("not [id, kind, attempts, body]")
-            except Exception:  # anyone who can write to Redis can write here: never crash
+            reply = _parse_reply(text)
+            if reply is None:  # anyone who can write to Redis can write here: never crash
                 self._log.warning("dispatcher %s: ignored a malformed reply %.80r", self.dispatcher_id, text)
                 continue
+            key = (reply[0], reply[1])
             with self._lock:
-                if job_id in self._recent:
+                if key in self._recent:
                     continue  # read twice (a connection dropped before the trim): handled already
-                handle = self._pending.pop(job_id, None)
+                handle = self._pending.pop(key, None)
                 if handle is None:  # its submit has not returned yet
-                    if len(self._early) >= _EARLY_KEPT:
+                    if len(self._early) >= _EARLY_KEPT and not self._sending:
                         self._early.pop(next(iter(self._early)))
-                    self._early[job_id] = reply
+                    self._early[key] = reply
                     continue
+                self._remember_locked(key)
                 self._delivering += 1
             done.append((handle, reply))
         if done:
@@ -424,12 +459,9 @@ class RedisDispatcher(Dispatcher):
                               self.dispatcher_id, exc)
 
     def _outcome(self, handle: JobHandle, reply: list[Any]) -> tuple[str, Any, BaseException | None]:
-        """What ``handle`` completes with, from its reply ``[id, kind, attempts, body]``; sets its
-        job state and attempts. Never raises."""
-        try:
-            kind, attempts, body = reply[1], int(reply[2]), reply[3]
-        except Exception:
-            kind, attempts, body = "?", 0, None
+        """What ``handle`` completes with, from its reply ``[id, life, kind, attempts, body]``
+        (see :func:`_parse_reply`); sets its job state and attempts. Never raises."""
+        _, _, kind, attempts, body = reply
         handle.attempts = attempts
         if kind == "ok":
             handle._job_state = JobState.SUCCEEDED
@@ -437,22 +469,27 @@ class RedisDispatcher(Dispatcher):
         if kind == "unencodable":
             handle._job_state = JobState.SUCCEEDED
             return FINISHED, None, TypeError(
-                f"job {handle.id} ({handle.name}) succeeded, but {body}; a job on Redis must return JSON")
+                f"job {handle.id} ({handle.name}) succeeded, but {_text(body)}; a job on Redis must return JSON")
+        if kind == "cancelled":
+            handle._job_state = JobState.CANCELLED
+            return CANCELLED_AND_NOTIFIED, None, None
         handle._job_state = JobState.DEAD_LETTERED
         if kind == "dead" and isinstance(body, dict):
             return FINISHED, None, RemoteJobError(
-                handle.id, str(body.get("exc_type", "?")), str(body.get("exc_message", "")),
-                remote_traceback=str(body.get("traceback", "")), attempts=attempts,
-                reason=str(body.get("reason", "")),
+                handle.id, _text(body.get("exc_type", "?")), _text(body.get("exc_message", "")),
+                remote_traceback=_text(body.get("traceback", "")), attempts=attempts,
+                reason=_text(body.get("reason", "")),
             )
         return FINISHED, None, RemoteJobError(
-            handle.id, "?", f"unreadable reply {json.dumps(reply)[:80]}", attempts=attempts, reason="?")
+            handle.id, "?", f"unreadable reply (kind {_text(kind)!r}): {_text(body)[:80]}", attempts=attempts,
+            reason="the fleet's reply could not be read")
 
-    def _deliver(self, outcomes: list[tuple[JobHandle, str, Any, BaseException | None]]) -> None:
-        """Complete handles taken from ``_pending`` (each counted in ``_delivering``): set each
+    def _deliver(self, outcomes: list[tuple[_RedisHandle, str, Any, BaseException | None]]) -> None:
+        """Complete handles taken from ``_pending`` (each counted in ``_delivering`` and
+        remembered in ``_recent`` by whoever took it, under the lock): set each
         future and wake its waiters here, then run done-callbacks on the callback threads, so a
         slow callback holds back neither the reply reader nor other handles. Never raises."""
-        later: list[tuple[JobHandle, list[Callable[[Any], object]]]] = []
+        later: list[tuple[_RedisHandle, list[Callable[[Any], object]]]] = []
         try:
             for handle, state, result, exc in outcomes:
                 callbacks = handle._settle(state, result, exc)
@@ -461,8 +498,6 @@ class RedisDispatcher(Dispatcher):
         finally:
             with self._lock:
                 self._delivering -= len(outcomes)
-                for handle, _, _, _ in outcomes:
-                    self._remember_locked(handle.id)
                 self._settled.notify_all()
         for handle, callbacks in later:
             try:
@@ -470,8 +505,8 @@ class RedisDispatcher(Dispatcher):
             except RuntimeError:  # the pool is shut down (a late delivery during shutdown): run here
                 _run_callbacks(handle, callbacks)
 
-    def _remember_locked(self, job_id: int) -> None:
-        self._recent[job_id] = None
+    def _remember_locked(self, key: tuple[int, int]) -> None:
+        self._recent[key] = None
         if len(self._recent) > _RECENT_KEPT:
             self._recent.pop(next(iter(self._recent)))
 
@@ -482,20 +517,23 @@ class RedisDispatcher(Dispatcher):
         if job.done():
             return job.cancelled()
         try:
-            done = self._queue.cancel([job.id])
+            done = self._queue.cancel([job.id], owner=self._reply_to)
         except BrokerUnavailable as exc:
             self._log.warning("could not cancel job %d: %s", job.id, exc)
             return False
         if not done:  # leased, finished, or cancelled just now by a shutdown
             return job.cancelled() or job._job_state is JobState.CANCELLED
-        self._cancelled([job])
+        self._cancelled([job])  # here, so cancelled() is True on return; the reply is then a repeat
         return True
 
     def _cancelled(self, jobs: list[JobHandle]) -> None:
         """Complete handles whose jobs were cancelled in Redis: all are marked cancelled (under
         the lock) before any callback runs, as in memory."""
         with self._lock:
-            mine = [job for job in jobs if self._pending.pop(job.id, None) is not None]
+            mine = [job for job in jobs if isinstance(job, _RedisHandle)
+                    and self._pending.pop((job.id, job.life), None) is not None]
+            for job in mine:
+                self._remember_locked((job.id, job.life))  # its 'cancelled' reply is then a repeat
             for job in mine:
                 job._job_state = JobState.CANCELLED
             self._delivering += len(mine)
@@ -576,18 +614,24 @@ class RedisDispatcher(Dispatcher):
         with self._lock:
             if self._closed:
                 raise DispatcherClosed("the dispatcher is shut down and takes no requeues")
-        done = set(self._queue.dlq_requeue_ids([e.job_id for e in entries], reply_to=self._reply_to))
-        handles = []
+            life = next(self._lives)  # this requeue's replies are told apart from earlier lives'
+            self._sending += 1
+        try:
+            done = set(self._queue.dlq_requeue_ids([e.job_id for e in entries], reply_to=self._reply_to, life=life))
+        finally:
+            with self._lock:
+                self._sending -= 1
+        handles: list[_RedisHandle] = []
         for entry in entries:
             if entry.job_id not in done:
                 continue
             fn = None
             if entry.task is not None and self._tasks is not None and entry.task in self._tasks:
                 fn = self._tasks.get(entry.task)
-            handles.append(JobHandle(self, entry.job_id, fn, (), None, entry.name, self._default_options,
-                                     task=entry.task))
+            handles.append(_RedisHandle(self, entry.job_id, fn, (), None, entry.name, self._default_options,
+                                        task=entry.task, life=life))
         self._track(handles)
-        return handles
+        return list(handles)
 
     def dlq_requeue(self, job_id: int) -> JobHandle:
         """Send one DLQ entry back to the queue with fresh attempts; this dispatcher gets its
@@ -644,7 +688,7 @@ class RedisDispatcher(Dispatcher):
             deadline = None if timeout_s is None else self._clock.monotonic() + timeout_s
             while self._pending or self._delivering:
                 remaining = None if deadline is None else deadline - self._clock.monotonic()
-                if remaining is not None and remaining <= 0:
+                if (remaining is not None and remaining <= 0) or self._escalate:
                     return False
                 self._clock.wait(self._settled, remaining)
             return True
@@ -676,6 +720,9 @@ class RedisDispatcher(Dispatcher):
             if self._report is not None:
                 return self._report
             self._closed = True
+            if cancel_futures:  # a graceful shutdown under way stops waiting and goes forceful
+                self._escalate = True
+                self._settled.notify_all()
         if not wait:
             threading.Thread(target=self._shut_down, args=(cancel_futures, timeout_s),
                              name=f"{self._name}-shutdown", daemon=True).start()
@@ -683,21 +730,22 @@ class RedisDispatcher(Dispatcher):
                                   abandoned=(), duration_s=0.0)
         return self._shut_down(cancel_futures, timeout_s)
 
-    def _shut_down(self, forceful: bool, timeout_s: float | None) -> ShutdownReport:
+    def _shut_down(self, forceful: bool, timeout_s: float | None, *, wait_for_jobs: bool = True) -> ShutdownReport:
         with self._shutdown_lock:
             with self._lock:
                 if self._report is not None:
                     return self._report
             started = self._clock.monotonic()
             escalated = False
-            if not forceful and not self._drained(timeout_s):
+            if wait_for_jobs and not forceful and not self._drained(timeout_s):
                 escalated = forceful = True
             cancelled: list[JobHandle] = []
             if forceful:
                 with self._lock:
+                    self._forced = True
                     waiting = list(self._pending.values())
                 try:
-                    done = set(self._queue.cancel([h.id for h in waiting]))
+                    done = set(self._queue.cancel([h.id for h in waiting], owner=self._reply_to))
                 except BrokerUnavailable as exc:
                     self._log.warning("shutdown could not cancel queued jobs: %s", exc)
                     done = set()
@@ -726,7 +774,9 @@ class RedisDispatcher(Dispatcher):
                 self._queue.drop_replies(self._reply_to, [h.id for h in left])
             except BrokerUnavailable:
                 pass  # it expires a day after its last reply
-            self._queue.close()
+            # Idle connections only: snapshot() and the DLQ methods still work after a shutdown,
+            # and one under way on another thread is not cut off (the pool closes when collected).
+            self._queue.close(idle_only=True)
             report = ShutdownReport(
                 forceful=forceful, escalated=escalated, completed=True,
                 cancelled=tuple((h.id, h.name) for h in cancelled),
@@ -743,6 +793,20 @@ class RedisDispatcher(Dispatcher):
                                   timeout_s or 0.0, len(cancelled))
             return report
 
+    def _exit(self) -> None:
+        """At interpreter exit: stop this process's pool gracefully (running jobs finish, fetched
+        ones go back), without waiting for jobs elsewhere in the fleet, and without cancelling
+        any: a producer's jobs stay queued for the fleet."""
+        with self._lock:
+            if self._report is not None:
+                return
+            self._closed = True
+            waiting = len(self._pending)
+        if waiting:
+            self._log.warning("interpreter exiting: %d jobs of %r stay in Redis for the fleet; their handles are "
+                              "closed", waiting, self)
+        self._shut_down(False, 0.0, wait_for_jobs=False)
+
     def __repr__(self) -> str:
         return (f"<RedisDispatcher {self._name!r} on {self._queue.url} queue={self._queue.queue!r} "
                 f"id={self.dispatcher_id}>")
@@ -755,3 +819,39 @@ def _run_callbacks(handle: JobHandle, callbacks: list[Callable[[Any], object]]) 
             _invoke_callback(fn, handle)
     finally:
         _callback_thread.active = False
+
+
+class _RedisHandle(JobHandle):
+    """A handle of a job on Redis; ``life`` tells its replies from those of the same job's
+    earlier lives (before a requeue)."""
+
+    def __init__(self, *args: Any, life: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.life = life
+
+
+_REPLY_HEAD = re.compile(r"^\[(\d{1,18}),(\d{1,18}),")
+_KINDS = ("ok", "unencodable", "dead", "cancelled")
+
+
+def _parse_reply(text: str) -> list[Any] | None:
+    """``[id, life, kind, attempts, body]`` from a reply's text, or ``None`` if not even the id and
+    life can be read. A reply whose head is readable but whose rest is not comes back with kind
+    "?" (its handle then fails with a RemoteJobError rather than wait forever)."""
+    try:
+        reply = json.loads(text)
+        if (isinstance(reply, list) and len(reply) == 5 and all(type(x) is int and x >= 0 for x in reply[:2])
+                and reply[2] in _KINDS and type(reply[3]) is int):
+            return reply
+    except Exception:  # ValueError, RecursionError...
+        pass
+    head = _REPLY_HEAD.match(text)
+    if head is None:
+        return None
+    return [int(head.group(1)), int(head.group(2)), "?", 0, text[head.end():]]
+
+
+def _text(value: Any) -> str:
+    """Printable text from a reply field (lone surrogates from JSON escapes become U+FFFD)."""
+    text = value if isinstance(value, str) else repr(value)
+    return text.encode("utf-8", "replace").decode("utf-8")

@@ -54,7 +54,7 @@ import math
 import re
 import reprlib
 import threading
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
@@ -279,8 +279,12 @@ def encode_result(value: Any) -> tuple[str, Literal["ok", "unencodable"]]:
         return "null", "ok"
     try:
         return json.dumps(value, separators=(",", ":"), allow_nan=False), "ok"
-    except (TypeError, ValueError, RecursionError) as exc:
-        why = f"the result ({type(value).__qualname__}) is not JSON-serialisable: {_short(str(exc))}"
+    except Exception as exc:  # TypeError, ValueError, RecursionError, or whatever a dict subclass raises
+        try:
+            detail = _short(str(exc))
+        except Exception:
+            detail = type(exc).__name__
+        why = f"the result ({type(value).__qualname__}) is not JSON-serialisable: {detail}"
         return json.dumps(why), "unencodable"
 
 
@@ -348,6 +352,10 @@ class Outcome:
 
     result: str = "null"
     result_kind: Literal["ok", "unencodable"] = "ok"
+
+    def __post_init__(self) -> None:
+        if self.result_kind not in ("ok", "unencodable"):
+            raise ConfigError(f"result_kind must be 'ok' or 'unencodable'; got {self.result_kind!r}")
 
     @classmethod
     def ok(
@@ -464,7 +472,7 @@ def _mask_password(match: re.Match[str]) -> str:
 def _load_scripts() -> dict[str, str]:
     base = resources.files("engine.brokers")
     lib = base.joinpath("redis_lib.lua").read_text(encoding="utf-8")
-    names = ("enqueue", "fetch", "settle", "extend", "putback", "recover", "dlq", "read", "cancel")
+    names = ("enqueue", "fetch", "settle", "extend", "putback", "recover", "dlq", "read", "cancel", "forget")
     return {name: lib + base.joinpath(f"redis_{name}.lua").read_text(encoding="utf-8") for name in names}
 
 
@@ -616,9 +624,17 @@ class RedisQueue:
         except redis.exceptions.RedisError as exc:
             raise self._unavailable(exc) from exc
 
-    def close(self) -> None:
-        """Close the connection pool. Thread-safe; the queue must not be used afterwards."""
-        self._redis.close()
+    def close(self, *, idle_only: bool = False) -> None:
+        """Close the connection pool. Thread-safe; the queue must not be used afterwards.
+
+        With ``idle_only``, close only the connections no call is using: the queue stays
+        usable (a later call connects again), and a call under way on another thread is not
+        cut off.
+        """
+        if idle_only:
+            self._redis.connection_pool.disconnect(inuse_connections=False)
+        else:
+            self._redis.close()
 
     def __repr__(self) -> str:
         return f"RedisQueue({self.url!r}, queue={self.queue!r}, prefix={self.prefix!r})"
@@ -673,6 +689,8 @@ class RedisQueue:
         max_retries: int | None = None,
         timeout_s: float | None = None,
         reply_to: str | None = None,
+        life: int = 0,
+        on_chunk: Callable[[list[int]], None] | None = None,
     ) -> list[int]:
         """Enqueue ``task(*args, **kwargs)`` for each ``args`` in ``arg_tuples``. Thread-safe.
 
@@ -680,8 +698,10 @@ class RedisQueue:
         call; each chunk is atomic and gets consecutive ids.
 
         ``reply_to`` names a reply list (see :meth:`reply_list`) that is told how each job
-        ended: the result of a success, the DLQ entry of a dead letter. The Redis
-        :class:`~engine.Dispatcher` uses it to complete its handles.
+        ended: the result of a success, the DLQ entry of a dead letter, a cancel. ``life`` is
+        echoed in those replies, and ``on_chunk(ids)`` is called after each chunk is in Redis
+        (before the next is sent). The Redis :class:`~engine.Dispatcher` uses the three to
+        complete its handles.
 
         Returns:
             The jobs' ids, in order.
@@ -702,8 +722,11 @@ class RedisQueue:
         now = repr(self._now())
         for start in range(0, len(payloads), _CHUNK):
             chunk = payloads[start:start + _CHUNK]
-            first = int(self._run("enqueue", (now, retries, reply_to or "", *chunk)))
-            ids.extend(range(first, first + len(chunk)))
+            first = int(self._run("enqueue", (now, retries, reply_to or "", life, *chunk)))
+            chunk_ids = list(range(first, first + len(chunk)))
+            ids.extend(chunk_ids)
+            if on_chunk is not None:
+                on_chunk(chunk_ids)
         return ids
 
     # -- working ---------------------------------------------------------------------------------
@@ -1047,7 +1070,7 @@ class RedisQueue:
             raise JobNotFound(f"no dead-lettered job with id {job_id!r}")
         return found[0]
 
-    def dlq_requeue(self, job_id: int, *, reply_to: str | None = None) -> int:
+    def dlq_requeue(self, job_id: int, *, reply_to: str | None = None, life: int = 0) -> int:
         """Send one DLQ entry back to the ready list with fresh attempts; it keeps its id.
         Thread-safe. Its outcome goes to ``reply_to`` if given (see :meth:`submit_many`).
 
@@ -1058,12 +1081,12 @@ class RedisQueue:
             JobNotFound: no entry with that id.
             BrokerUnavailable: Redis cannot be reached.
         """
-        done = self._run("dlq", (repr(self._now()), "requeue", reply_to or "", int(job_id)))
+        done = self._run("dlq", (repr(self._now()), "requeue", reply_to or "", life, int(job_id)))
         if not done:
             raise JobNotFound(f"no dead-lettered job with id {job_id!r}")
         return int(done[0])
 
-    def dlq_requeue_ids(self, job_ids: Iterable[int], *, reply_to: str | None = None) -> list[int]:
+    def dlq_requeue_ids(self, job_ids: Iterable[int], *, reply_to: str | None = None, life: int = 0) -> list[int]:
         """Send these DLQ entries back to the ready list (ids not in the DLQ are skipped), in
         chunks of 1000 per script call. Thread-safe. See :meth:`dlq_requeue`.
 
@@ -1077,10 +1100,10 @@ class RedisQueue:
         done: list[int] = []
         for start in range(0, len(ids), _DLQ_CHUNK):
             chunk = ids[start:start + _DLQ_CHUNK]
-            done.extend(int(i) for i in self._run("dlq", (repr(self._now()), "requeue", reply_to or "", *chunk)))
+            done.extend(int(i) for i in self._run("dlq", (repr(self._now()), "requeue", reply_to or "", life, *chunk)))
         return done
 
-    def dlq_requeue_all(self, *, reply_to: str | None = None) -> list[int]:
+    def dlq_requeue_all(self, *, reply_to: str | None = None, life: int = 0) -> list[int]:
         """Send every DLQ entry back to the ready list, oldest first. Thread-safe. Their
         outcomes go to ``reply_to`` if given (see :meth:`submit_many`).
 
@@ -1093,7 +1116,7 @@ class RedisQueue:
         Raises:
             BrokerUnavailable: Redis cannot be reached; earlier chunks may have been requeued.
         """
-        return self._dlq_chunked("requeue", reply_to or "")
+        return self._dlq_chunked("requeue", reply_to or "", life)
 
     def dlq_delete(self, job_id: int) -> DeadLetter:
         """Remove one DLQ entry for good, returning it. Thread-safe.
@@ -1103,7 +1126,7 @@ class RedisQueue:
             BrokerUnavailable: Redis cannot be reached.
         """
         entry = self.dlq_get(job_id)
-        if not self._run("dlq", (repr(self._now()), "delete", "", int(job_id))):
+        if not self._run("dlq", (repr(self._now()), "delete", "", 0, int(job_id))):
             raise JobNotFound(f"no dead-lettered job with id {job_id!r}")
         return entry
 
@@ -1115,9 +1138,9 @@ class RedisQueue:
         Raises:
             BrokerUnavailable: Redis cannot be reached; earlier chunks may have been removed.
         """
-        return len(self._dlq_chunked("delete", ""))
+        return len(self._dlq_chunked("delete", "", 0))
 
-    def _dlq_chunked(self, command: str, reply_to: str) -> list[int]:
+    def _dlq_chunked(self, command: str, reply_to: str, life: int) -> list[int]:
         try:
             newest = self._redis.zrange(self.base + "dlq", -1, -1, withscores=True)
         except redis.exceptions.RedisError as exc:
@@ -1127,16 +1150,18 @@ class RedisQueue:
         upto = repr(float(newest[0][1]))  # DLQ scores are a sequence: later entries score higher
         done: list[int] = []
         while True:
-            chunk = self._run("dlq", (repr(self._now()), command, reply_to, "upto", upto, _DLQ_CHUNK))
+            chunk = self._run("dlq", (repr(self._now()), command, reply_to, life, "upto", upto, _DLQ_CHUNK))
             done.extend(int(i) for i in chunk)
             if len(chunk) < _DLQ_CHUNK:
                 return done
 
     # -- cancelling and replies ------------------------------------------------------------------
-    def cancel(self, job_ids: Iterable[int]) -> list[int]:
+    def cancel(self, job_ids: Iterable[int], *, owner: str | None = None) -> list[int]:
         """Cancel jobs that have not started: those waiting in the ready list or for a retry
-        are deleted and counted as cancelled. Jobs leased to a worker, dead-lettered or
-        finished are left alone. Thread-safe.
+        are deleted and counted as cancelled, and a dispatcher waiting for one is told (its
+        handle ends cancelled). Jobs leased to a worker, dead-lettered or finished are left
+        alone. With ``owner`` (a reply list), only jobs whose outcomes go there are touched.
+        Thread-safe.
 
         Returns:
             The ids cancelled.
@@ -1147,7 +1172,7 @@ class RedisQueue:
         ids = [int(i) for i in job_ids]
         done: list[int] = []
         for start in range(0, len(ids), _CHUNK):
-            done.extend(int(i) for i in self._run("cancel", ids[start:start + _CHUNK]))
+            done.extend(int(i) for i in self._run("cancel", (owner or "", *ids[start:start + _CHUNK])))
         return done
 
     def reply_list(self, owner: str) -> str:
@@ -1158,19 +1183,22 @@ class RedisQueue:
 
     def read_replies(self, reply_to: str, *, timeout_s: float, count: int = 1000) -> list[str]:
         """Read (without removing) up to ``count`` replies from the head of a reply list,
-        waiting up to ``timeout_s`` for one. Thread-safe; one reader per list, which removes
+        waiting up to ``timeout_s`` for one (less if the socket timeout is shorter). Thread-safe; one reader per list, which removes
         what it has handled with :meth:`trim_replies` (so a reply is not lost with a
         connection that drops mid-read; it may be read twice instead).
 
         Returns:
             The replies' texts, oldest first (empty on timeout); bytes that are not UTF-8
-            become U+FFFD. Each should be ``[id, kind, attempts, body]``: kind ``"ok"`` with
-            the result's JSON, ``"unencodable"`` with a message (the result was not JSON), or
-            ``"dead"`` with the DLQ entry; but anyone who can write to Redis can write here.
+            become U+FFFD. Each should be ``[id, life, kind, attempts, body]``: kind ``"ok"``
+            with the result's JSON, ``"unencodable"`` with a message (the result was not JSON),
+            ``"dead"`` with the DLQ entry, or ``"cancelled"``; but anyone who can write to
+            Redis can write here.
 
         Raises:
             BrokerUnavailable: Redis cannot be reached.
         """
+        # The server answers after timeout_s: leave the socket timeout room for the reply.
+        timeout_s = max(0.01, min(float(timeout_s), self.socket_timeout_s - min(0.5, self.socket_timeout_s / 2)))
         try:
             head = self._redis.execute_command(  # type: ignore[no-untyped-call]
                 "LRANGE", reply_to, 0, count - 1, NEVER_DECODE=True)
@@ -1201,16 +1229,12 @@ class RedisQueue:
             raise self._unavailable(exc) from exc
 
     def drop_replies(self, reply_to: str, job_ids: Iterable[int] = ()) -> None:
-        """Delete a reply list (its reader has gone), after telling ``job_ids`` (its reader's
-        jobs still queued or running) to send no reply. Thread-safe."""
-        try:
-            pipe = self._redis.pipeline(transaction=False)
-            for job_id in job_ids:
-                pipe.hdel(f"{self.base}job:{int(job_id)}", "y")
-            pipe.delete(reply_to)
-            pipe.execute()
-        except redis.exceptions.RedisError as exc:
-            raise self._unavailable(exc) from exc
+        """Delete a reply list (its reader is going away), after telling ``job_ids`` (its
+        reader's jobs still queued or running) to send it no reply; a job whose replies now go
+        to another list (requeued by another dispatcher) is left alone. Thread-safe."""
+        ids = [int(i) for i in job_ids]
+        for start in range(0, max(1, len(ids)), _CHUNK):
+            self._run("forget", (reply_to, *ids[start:start + _CHUNK]))
 
     # -- administration --------------------------------------------------------------------------
     def clear(self) -> int:

@@ -1,10 +1,16 @@
--- Cancel jobs that have not started. ARGV: base, then job ids. A job waiting in ready or in
--- scheduled is deleted and counted as cancelled; one leased to a worker (running, or fetched
--- and about to run), dead-lettered or finished is left alone. Returns the ids cancelled.
+-- Cancel jobs that have not started. ARGV: base, owner ('' for anyone), then job ids. A job
+-- waiting in ready or in scheduled is deleted, counted as cancelled, and its dispatcher (if one
+-- waits) gets a 'cancelled' reply; one leased to a worker (running, or fetched and about to
+-- run), dead-lettered or finished is left alone. With an owner (a reply list), only jobs whose
+-- replies go there are touched: a dispatcher cancels its own jobs, not those another one has
+-- requeued since. Returns the ids cancelled.
+local owner = ARGV[2]
 local done, want, rest = {}, {}, 0
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   local id = ARGV[i]
-  if redis.call('ZREM', SCHED, id) == 1 then
+  if owner ~= '' and redis.call('HGET', jkey(id), 'y') ~= owner then
+    -- not this owner's (any more): leave it
+  elseif redis.call('ZREM', SCHED, id) == 1 then
     done[#done + 1] = id
   elseif not want[id] then
     want[id] = true
@@ -12,7 +18,7 @@ for i = 2, #ARGV do
   end
 end
 if rest > 0 and rest <= 16 then
-  for i = 2, #ARGV do
+  for i = 3, #ARGV do
     local id = ARGV[i]
     if want[id] and redis.call('LREM', READY, 1, id) > 0 then
       want[id] = nil
@@ -37,9 +43,15 @@ elseif rest > 0 then
   end
 end
 for _, id in ipairs(done) do
-  redis.call('DEL', jkey(id))
+  local k = jkey(id)
+  local v = redis.call('HMGET', k, 'y', 'v', 'a')
+  if v[1] then
+    reply(v[1], v[2], id, 'cancelled', v[3], 'null')
+  end
+  redis.call('DEL', k)
 end
 if #done > 0 then
   redis.call('HINCRBY', STATS, 'cancelled', #done)
 end
+flush_replies()
 return done

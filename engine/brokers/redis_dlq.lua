@@ -1,18 +1,18 @@
--- DLQ commands. ARGV: base, now, command, reply list ('' for none), then either 'upto',
--- max_score, limit (the oldest
+-- DLQ commands. ARGV: base, now, command, reply list ('' for none), life number, then either
+-- 'upto', max_score, limit (the oldest
 -- `limit` entries whose DLQ sequence number is at most max_score: callers act on a whole DLQ in
 -- chunks, so no single call blocks Redis for long) or ids.
 --   requeue: back to the end of ready with fresh attempts (counted as submitted + requeued);
 --            its outcome goes to the reply list given, if any (to no earlier one).
 --   delete:  dropped for good.
 -- Returns the ids acted on, oldest first.
-local now, command, y = ARGV[2], ARGV[3], ARGV[4]
+local now, command, y, life = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ids
-if ARGV[5] == 'upto' then
-  ids = redis.call('ZRANGEBYSCORE', DLQ, '-inf', ARGV[6], 'LIMIT', 0, tonumber(ARGV[7]))
+if ARGV[6] == 'upto' then
+  ids = redis.call('ZRANGEBYSCORE', DLQ, '-inf', ARGV[7], 'LIMIT', 0, tonumber(ARGV[8]))
 else
   ids = {}
-  for i = 5, #ARGV do
+  for i = 6, #ARGV do
     ids[#ids + 1] = ARGV[i]
   end
 end
@@ -22,11 +22,11 @@ for _, id in ipairs(ids) do
     done[#done + 1] = id
     local k = jkey(id)
     if command == 'requeue' then
-      redis.call('HDEL', k, 'd', 'f', 'x', 'l', 'w', 'r', 'k', 'y')
+      redis.call('HDEL', k, 'd', 'f', 'x', 'l', 'w', 'r', 'k', 'y', 'v')
       if y == '' then
         redis.call('HSET', k, 'a', 0, 'e', now)
       else
-        redis.call('HSET', k, 'a', 0, 'e', now, 'y', y)
+        redis.call('HSET', k, 'a', 0, 'e', now, 'y', y, 'v', life)
       end
     else
       redis.call('DEL', k)

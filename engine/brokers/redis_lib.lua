@@ -11,6 +11,8 @@
 --   m  max_retries, written at enqueue (so Lua never needs to decode the payload for it)
 --   f  first failure time         x  last failure time          d  DLQ entry (JSON)
 --   y  the reply list of the dispatcher that submitted (or requeued) it, if it waits for one
+--   v  that dispatcher's number for this life of the job (a requeue starts a new one), echoed
+--      in every reply, so an outcome of an earlier life is never taken for the new one's
 -- Times are wall-clock seconds passed in by the caller's clock, never read here.
 
 local B = ARGV[1]
@@ -80,20 +82,21 @@ local function touch(now, grace)
 end
 
 -- Replies tell a dispatcher how the jobs it submitted ended (engine/redis_dispatcher.py). Each
--- is one JSON array, [id, kind, attempts, body] with kind 'ok' (body: the result's JSON text),
--- 'unencodable' (it succeeded; body: a JSON string saying why its result is not JSON) or
--- 'dead' (body: the DLQ entry). A reply list nobody reads (its dispatcher died) expires a day after its last
+-- is one JSON array, [id, life, kind, attempts, body] with kind 'ok' (body: the result's JSON
+-- text), 'unencodable' (it succeeded; body: a JSON string saying why its result is not JSON),
+-- 'dead' (body: the DLQ entry) or 'cancelled' (body: null). A reply list nobody reads (its dispatcher died) expires a day after its last
 -- reply.
 local REPLY_TTL_S = 86400
 local replies = {}  -- reply list -> texts, pushed by flush_replies at the end of a script
 
-local function reply(list, id, kind, attempts, body)
+local function reply(list, life, id, kind, attempts, body)
   local texts = replies[list]
   if not texts then
     texts = {}
     replies[list] = texts
   end
-  texts[#texts + 1] = '[' .. id .. ',"' .. kind .. '",' .. (tonumber(attempts) or 0) .. ',' .. body .. ']'
+  texts[#texts + 1] = '[' .. id .. ',' .. (tonumber(life) or 0) .. ',"' .. kind .. '",' .. (tonumber(attempts) or 0)
+    .. ',' .. body .. ']'
 end
 
 local function flush_replies()
@@ -108,9 +111,9 @@ end
 -- Tells the job's dispatcher, if one waits (flush_replies sends it).
 local function dead_letter(id, entry, now, dlq_max)
   local k = jkey(id)
-  local v = redis.call('HMGET', k, 'y', 'a')
+  local v = redis.call('HMGET', k, 'y', 'a', 'v')
   if v[1] then
-    reply(v[1], id, 'dead', v[2], entry)
+    reply(v[1], v[3], id, 'dead', v[2], entry)
   end
   redis.call('HSETNX', k, 'f', now)
   redis.call('HSET', k, 'd', entry, 'x', now)

@@ -16,7 +16,7 @@ local runs, waits = {}, {}
 for _, o in ipairs(cjson.decode(ARGV[4])) do
   local kind, id, tok = o[1], o[2], o[3]
   local k = jkey(id)
-  local v = redis.call('HMGET', k, 'l', 'y', 'a')
+  local v = redis.call('HMGET', k, 'l', 'y', 'a', 'v')
   if v[1] == tok then
     accepted = accepted + 1
     redis.call('ZREM', PROC, id)
@@ -27,7 +27,7 @@ for _, o in ipairs(cjson.decode(ARGV[4])) do
     end
     if kind == 'ok' then
       if v[2] then
-        reply(v[2], id, o[7], v[3], o[6])
+        reply(v[2], v[4], id, o[7], v[3], o[6])
       end
       redis.call('DEL', k)
       n_ok = n_ok + 1

@@ -284,7 +284,7 @@ def test_requeued_dead_letters_report_to_the_dispatcher_that_requeued_them(
     assert all(isinstance(h.exception(timeout=WAIT_S), RemoteJobError) for h in rest)
     assert b.join(WAIT_S) and a.join(WAIT_S)
     assert not a._early  # the requeued jobs' outcomes went to b, not to a
-    assert other.status().settled == 7
+    eventually(lambda: other.status().settled == 7, what="the worker to count its 7 outcomes")
 
 
 # -- replies --------------------------------------------------------------------------------------
@@ -293,8 +293,8 @@ def test_a_reply_that_arrives_before_its_submit_returns_is_kept(
 ) -> None:
     producer = make_dispatcher(min_workers=0, max_workers=0)
     next_id = int(raw.get(f"{prefix}:{{default}}:seq") or 0) + 1
-    raw.rpush(producer._reply_to, json.dumps([next_id, "ok", 1, 42]))
-    eventually(lambda: next_id in producer._early, what="the early reply to be read")
+    raw.rpush(producer._reply_to, json.dumps([next_id, 0, "ok", 1, 42]))  # [id, life, kind, attempts, body]
+    eventually(lambda: (next_id, 0) in producer._early, what="the early reply to be read")
     handle = producer.submit(add, 40, 2)
     assert handle.id == next_id and handle.done() and handle.result(timeout=0) == 42
 
@@ -396,3 +396,17 @@ def test_a_submit_that_races_a_finished_shutdown_gets_a_closed_handle(make_dispa
     d._track([late])
     with pytest.raises(DispatcherClosed, match=r"job 999 .*queued in Redis while this dispatcher shut down"):
         late.result(timeout=0)
+
+
+def test_a_forceful_shutdown_ends_a_graceful_one_that_is_waiting(make_dispatcher: MakeDispatcher) -> None:
+    d = make_dispatcher(min_workers=0, max_workers=0)  # nobody runs the job: a graceful drain waits
+    handle = d.submit(add, 1, 1)
+    reports: list[Any] = []
+    graceful = threading.Thread(target=lambda: reports.append(d.shutdown()))
+    graceful.start()
+    eventually(lambda: d.state.value == "draining", what="the graceful shutdown to start")
+    forced = d.shutdown(cancel_futures=True)
+    graceful.join(WAIT_S)
+    assert not graceful.is_alive()
+    assert reports == [forced] and forced.forceful and forced.escalated
+    assert forced.cancelled == ((handle.id, "add"),) and handle.cancelled()
