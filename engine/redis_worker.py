@@ -73,6 +73,9 @@ __all__ = ["RedisWorker", "WorkerStatus", "StopReport", "RedisJob", "current_red
 log = logging.getLogger("engine.redis")
 
 _FLUSH_BATCH = 1000
+_PREFETCH_WINDOW_S = 0.05  # adaptive prefetch: buffer about this much of the recent throughput
+_PREFETCH_MAX = 1000  # ... but never more jobs than this
+_RATE_SAMPLE_S = 0.05  # the shortest interval over which the completion rate is measured
 _RECONNECT_BASE_S = 0.1
 _RECONNECT_CAP_S = 5.0
 _STILL_DOWN_LOG_S = 30.0
@@ -207,8 +210,11 @@ class RedisWorker:
             :func:`socket_timeout_for`; a queue built from a URL here gets that timeout).
         heartbeat_ttl_s: how long a silent worker's heartbeat stays visible to dashboards.
         prefetch: jobs fetched beyond ``max_workers``, so threads never wait for a round trip;
-            the fetcher refills once half of it is free. Default: ``2 * max_workers``. Lower it
-            for long jobs (a prefetched job waits for this process even if another is idle).
+            the fetcher refills once half of it is free. Default: adaptive, about 50 ms of this
+            process's recent completion rate, at least ``2 * max_workers`` and at most 1000
+            (short jobs then travel in large batches, one round trip for hundreds of jobs; for
+            jobs of 25 ms or more it stays ``2 * max_workers``). A fixed value suits long
+            jobs (lower it: a prefetched job waits for this process even if another is idle).
         poll_s: the longest an idle fetcher blocks on Redis before looking again.
         clock: time source; default :class:`RealClock`.
         rng: source of retry jitter; default ``random.Random()``.
@@ -301,7 +307,7 @@ class RedisWorker:
         self._lease_s = float(lease_s)
         self._heartbeat_s = float(heartbeat_s)
         self._heartbeat_ttl_s = float(heartbeat_ttl_s)
-        self._prefetch = 2 * self._local.max_workers if prefetch is None else prefetch
+        self._prefetch_fixed = prefetch  # None: adaptive (see _prefetch_locked)
         self._poll_s = float(poll_s)
         self._stop_redis_timeout_s = float(stop_redis_timeout_s)
         self._name = name
@@ -318,6 +324,10 @@ class RedisWorker:
         self._by_local: dict[int, _Delivery] = {}  # (lock) local job id -> delivery, while unsettled
         self._held = 0  # (lock) fetched and not yet settled
         self._refill_at = 0  # (lock) wake the waiting fetcher once _held drops to this
+        self._taken = 0  # (lock) jobs fetched so far (so _taken - _held have finished)
+        self._rate = 0.0  # (lock) recent local completion rate (jobs/s), for the adaptive prefetch
+        self._rate_at = 0.0  # (lock) monotonic time of the last rate sample
+        self._rate_done = 0  # (lock) _taken - _held at the last rate sample
         self._outbox: list[tuple[_Delivery, Outcome]] = []  # (lock) decided, not yet sent
         self._settled_n = 0  # (lock)
         self._stale_n = 0  # (lock)
@@ -622,8 +632,10 @@ class RedisWorker:
                     return
                 # Refill once half the prefetch buffer is free (with no prefetch: once a thread
                 # is free), so each round trip fetches a batch rather than one job.
-                capacity = self._local.max_workers + self._prefetch - self._held
-                min_batch = max(1, (self._prefetch + 1) // 2)
+                max_workers = self._local.max_workers
+                prefetch = self._prefetch_locked(max_workers)
+                capacity = max_workers + prefetch - self._held
+                min_batch = max(1, (prefetch + 1) // 2)
                 if capacity < min_batch:
                     self._refill_at = self._held - (min_batch - capacity)
                     self._clock.wait(self._room, self._poll_s)
@@ -680,6 +692,23 @@ class RedisWorker:
                     if not self._fetch_stop:
                         self._clock.wait(self._room, timeout)
 
+    def _prefetch_locked(self, max_workers: int) -> int:
+        """How many jobs to hold beyond the threads: the fixed ``prefetch``, or, by default, about
+        ``_PREFETCH_WINDOW_S`` of the recent completion rate, at least ``2 * max_workers`` and
+        at most ``_PREFETCH_MAX``. Short jobs are so fetched (and settled) in large batches,
+        while a prefetched job still waits in this process for about that window at most."""
+        if self._prefetch_fixed is not None:
+            return self._prefetch_fixed
+        now = self._clock.monotonic()
+        elapsed = now - self._rate_at
+        if elapsed >= _RATE_SAMPLE_S:
+            done = self._taken - self._held
+            rate = (done - self._rate_done) / elapsed
+            # Up at once (a burst of short jobs), down gently (one slow sample is no trend).
+            self._rate = rate if rate >= self._rate else (self._rate + rate) / 2
+            self._rate_at, self._rate_done = now, done
+        return max(2 * max_workers, min(_PREFETCH_MAX, int(self._rate * _PREFETCH_WINDOW_S)))
+
     def _accept(self, deliveries: list[Delivery]) -> None:
         """Decode fetched jobs and submit them locally (a batch per run of equal options), or
         dead-letter those that cannot run."""
@@ -711,6 +740,7 @@ class RedisWorker:
             for d, _ in rejected:
                 self._leased[d.token] = d
             self._held += len(runnable) + len(rejected)
+            self._taken += len(runnable) + len(rejected)
         for d, outcome in rejected:
             self._settle(d, outcome)
         start = 0

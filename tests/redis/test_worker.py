@@ -389,3 +389,44 @@ def test_a_task_can_see_its_fleet_wide_attempt(make_worker: MakeWorker) -> None:
     eventually(drained(queue), what="the job to succeed on its third attempt")
     assert seen == [RedisJob(1, n, 4, "looker", "look") for n in (1, 2, 3)]
     assert current_redis_job() is None
+
+
+def _record_fetch_counts(queue: RedisQueue) -> list[int]:
+    """Wrap ``queue.fetch`` to record how many jobs each call asked for."""
+    counts: list[int] = []
+    fetch = queue.fetch
+
+    def recording(worker_id: str, count: int, **kwargs: Any) -> Any:
+        counts.append(count)
+        return fetch(worker_id, count, **kwargs)
+
+    queue.fetch = recording  # type: ignore[method-assign]
+    return counts
+
+
+def test_the_default_prefetch_grows_for_short_jobs(make_worker: MakeWorker) -> None:
+    tasks = TaskRegistry()
+    tasks.register("noop", lambda i: None)
+    worker, queue = make_worker(tasks)  # 2 threads; default (adaptive) prefetch
+    counts = _record_fetch_counts(queue)
+    queue.submit_many("noop", [(i,) for i in range(5000)])
+    worker.start()
+    eventually(drained(queue), what="5000 no-op jobs to finish")
+    assert queue.counters()["succeeded"] == 5000
+    # A fixed prefetch of 2 x 2 threads would never ask for more than 6 jobs at once.
+    assert max(counts) > 18, counts
+    assert max(counts) <= 2 + 1000
+
+
+def test_the_default_prefetch_stays_small_for_slow_jobs(make_worker: MakeWorker) -> None:
+    tasks = TaskRegistry()
+    pause = threading.Event()
+    tasks.register("slow", lambda i: pause.wait(0.05))
+    worker, queue = make_worker(tasks)  # 2 threads; default (adaptive) prefetch
+    counts = _record_fetch_counts(queue)
+    queue.submit_many("slow", [(i,) for i in range(24)])
+    worker.start()
+    eventually(drained(queue), what="24 jobs of 50 ms to finish")
+    # 50 ms jobs: the window holds about 2 of them, so the floor of 2 x 2 threads applies.
+    assert max(counts) <= 2 + 4, counts
+    assert queue.counters()["succeeded"] == 24
