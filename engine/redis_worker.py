@@ -8,7 +8,9 @@ Threads
   wake-up token, at most ``poll_s``, or until the next retry or lease deadline.
 * **The local dispatcher's workers** run the tasks. Each attempt's outcome (success, retry with
   backoff, or dead letter) is decided right there and put in the outbox.
-* **The flusher** sends the outbox to Redis in batches (one script call per batch).
+* **The flusher** sends the outbox to Redis in batches (one script call per batch). After the
+  first outcome it lingers up to 2 ms for more while jobs still run, so short jobs share a
+  round trip.
 * **The heartbeat** renews the leases of every job this process holds, writes the process's
   heartbeat (host, pid, each thread's busy state) and applies fleet commands (limits, stop).
 
@@ -34,6 +36,7 @@ import os
 import random
 import socket
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable
@@ -73,6 +76,8 @@ __all__ = ["RedisWorker", "WorkerStatus", "StopReport", "RedisJob", "current_red
 log = logging.getLogger("engine.redis")
 
 _FLUSH_BATCH = 1000
+_FLUSH_SOON = 200  # outcomes that are sent without lingering for more
+_FLUSH_LINGER_S = 0.002  # how long the flusher waits for more outcomes while jobs still run
 _PREFETCH_WINDOW_S = 0.05  # adaptive prefetch: buffer about this much of the recent throughput
 _PREFETCH_MAX = 1000  # ... but never more jobs than this
 _RATE_SAMPLE_S = 0.05  # the shortest interval over which the completion rate is measured
@@ -874,7 +879,11 @@ class RedisWorker:
             if d.handle is not None:
                 self._by_local.pop(d.handle.id, None)
             self._outbox.append((d, outcome))
-            self._outbox_cond.notify()
+            # The flusher waits for a first outcome, then lingers for more (see _flush_main):
+            # wake it for the first, for a full batch, or once nothing else is running.
+            pending = len(self._outbox)
+            if pending == 1 or pending == _FLUSH_SOON or self._held == 0:
+                self._outbox_cond.notify()
             if self._held <= self._refill_at:
                 self._room.notify()
 
@@ -895,6 +904,17 @@ class RedisWorker:
                 while not self._outbox and not self._flush_stop and not self._flush_abort:
                     self._clock.wait(self._outbox_cond, None)
                 if self._flush_abort or (not self._outbox and self._flush_stop):
+                    return
+                # Let outcomes of jobs still running gather for a moment, so one round trip
+                # carries many (real time: a short coalescing delay, not a timeout).
+                linger_until = time.monotonic() + _FLUSH_LINGER_S
+                while (len(self._outbox) < _FLUSH_SOON and self._held > 0 and not self._flush_stop
+                       and not self._flush_abort):
+                    left = linger_until - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._outbox_cond.wait(left)
+                if self._flush_abort:
                     return
                 batch = self._outbox[:_FLUSH_BATCH]
             try:

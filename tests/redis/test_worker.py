@@ -430,3 +430,32 @@ def test_the_default_prefetch_stays_small_for_slow_jobs(make_worker: MakeWorker)
     # 50 ms jobs: the window holds about 2 of them, so the floor of 2 x 2 threads applies.
     assert max(counts) <= 2 + 4, counts
     assert queue.counters()["succeeded"] == 24
+
+
+def test_outcomes_are_sent_in_batches_but_never_wait_for_a_long_job(make_worker: MakeWorker) -> None:
+    tasks = TaskRegistry()
+    gate = Gate()
+    tasks.register("gated", gate.enter)
+    tasks.register("noop", lambda i: None)
+    worker, queue = make_worker(tasks)
+    settled: list[int] = []
+    settle = queue.settle
+
+    def recording(outcomes: Any) -> Any:
+        settled.append(len(outcomes))
+        return settle(outcomes)
+
+    queue.settle = recording  # type: ignore[method-assign]
+    queue.submit("gated", 0)
+    queue.submit_many("noop", [(i,) for i in range(3)])
+    worker.start()
+    gate.wait_entered(1)
+    # The gated job runs on: the flusher lingers only briefly, then sends what it has.
+    eventually(lambda: queue.counters().get("succeeded", 0) == 3, what="the 3 quick jobs' outcomes")
+    assert worker.status().outbox == 0
+    gate.opened.set()
+    eventually(drained(queue), what="the gated job to finish")
+    queue.submit_many("noop", [(i,) for i in range(2000)])
+    eventually(drained(queue), what="2000 no-op jobs to finish")
+    assert sum(settled) == 2004
+    assert len(settled) < 2004 / 10, settled  # many outcomes per round trip, not one each
