@@ -217,7 +217,9 @@ def _decode_payload(text: str) -> JobPayload:
         raise MalformedPayload(f"malformed payload: not JSON ({exc}): {text[:80]!r}") from None
     if not isinstance(obj, dict):
         raise MalformedPayload(f"malformed payload: expected a JSON object, got {type(obj).__name__}")
-    if _nesting(obj) > _MAX_NESTING:  # the same on every Python, whatever its parser's own limit
+    # The same limit on every Python, whatever its parser's own. Each level of nesting needs an
+    # opening bracket in the text, so only a text with more than the limit needs the walk.
+    if text.count("[") + text.count("{") > _MAX_NESTING and _nesting(obj) > _MAX_NESTING:
         raise MalformedPayload("malformed payload: JSON nested too deeply")
     task = obj.get("task")
     if not isinstance(task, str) or not _TASK_NAME.match(task):

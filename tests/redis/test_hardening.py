@@ -56,6 +56,33 @@ def test_decode_payload_refuses_hostile_text_with_a_reason(text: str, reason: st
     str(info.value).encode("utf-8")  # printable
 
 
+def _nested_payload(depth: int, extra: str = "") -> str:
+    """A payload whose JSON nests ``depth`` levels (the object, "a", the args list, then lists)."""
+    k = depth - 3
+    return '{"task":"t","a":[[' + "[" * k + "]" * k + extra + "],{}]}"
+
+
+def test_decode_payload_nesting_limit_is_exact() -> None:
+    assert decode_payload(_nested_payload(128)).args == (_nested(125),)
+    with pytest.raises(MalformedPayload, match="nested too deeply"):
+        decode_payload(_nested_payload(129))
+    # Brackets inside strings do not nest: a shallow payload full of them is fine.
+    text = '{"task":"t","a":[["' + "[{" * 500 + '"],{"k":"' + "]}" * 500 + '"}]}'
+    assert decode_payload(text).args == ("[{" * 500,)
+    # Many brackets, but shallow: fine; the same with one deep argument: refused.
+    wide = ",".join(["[[]]"] * 200)
+    assert len(decode_payload('{"task":"t","a":[[' + wide + "],{}]}").args) == 200
+    with pytest.raises(MalformedPayload, match="nested too deeply"):
+        decode_payload(_nested_payload(129, "," + wide))
+
+
+def _nested(levels: int) -> list[object]:
+    value: list[object] = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
 def test_decode_payload_accepts_escaped_surrogates_that_python_writes() -> None:
     job = decode_payload('{"task":"t","a":[["report-\\udcff.txt"],{}]}')
     assert job.args == ("report-\udcff.txt",)
