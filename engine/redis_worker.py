@@ -79,7 +79,7 @@ _FLUSH_BATCH = 1000
 _FLUSH_SOON = 200  # outcomes that are sent without lingering for more
 _FLUSH_LINGER_S = 0.002  # how long the flusher waits for more outcomes while jobs still run
 _PREFETCH_WINDOW_S = 0.05  # adaptive prefetch: buffer about this much of the recent throughput
-_PREFETCH_MAX = 1000  # ... but never more jobs than this
+_PREFETCH_MAX = 2000  # ... but never more jobs than this
 _RATE_SAMPLE_S = 0.05  # the shortest interval over which the completion rate is measured
 _RECONNECT_BASE_S = 0.1
 _RECONNECT_CAP_S = 5.0
@@ -216,10 +216,11 @@ class RedisWorker:
         heartbeat_ttl_s: how long a silent worker's heartbeat stays visible to dashboards.
         prefetch: jobs fetched beyond ``max_workers``, so threads never wait for a round trip;
             the fetcher refills once half of it is free. Default: adaptive, about 50 ms of this
-            process's recent completion rate, at least ``2 * max_workers`` and at most 1000
-            (short jobs then travel in large batches, one round trip for hundreds of jobs; for
-            jobs of 25 ms or more it stays ``2 * max_workers``). A fixed value suits long
-            jobs (lower it: a prefetched job waits for this process even if another is idle).
+            process's recent completion rate, at least ``2 * max_workers`` and at most 2000,
+            refilled once a quarter is free (short jobs then travel in large batches, one round
+            trip for hundreds of jobs; for jobs of 25 ms or more it stays ``2 * max_workers``).
+            A fixed value suits long jobs (lower it: a prefetched job waits for this process
+            even if another is idle).
         poll_s: the longest an idle fetcher blocks on Redis before looking again.
         clock: time source; default :class:`RealClock`.
         rng: source of retry jitter; default ``random.Random()``.
@@ -641,6 +642,8 @@ class RedisWorker:
                 prefetch = self._prefetch_locked(max_workers)
                 capacity = max_workers + prefetch - self._held
                 min_batch = max(1, (prefetch + 1) // 2)
+                if self._prefetch_fixed is None:  # a large adaptive buffer: refill at a quarter
+                    min_batch = max(min(min_batch, max_workers), prefetch // 4)
                 if capacity < min_batch:
                     self._refill_at = self._held - (min_batch - capacity)
                     self._clock.wait(self._room, self._poll_s)
@@ -706,8 +709,8 @@ class RedisWorker:
             return self._prefetch_fixed
         now = self._clock.monotonic()
         elapsed = now - self._rate_at
-        if elapsed >= _RATE_SAMPLE_S:
-            done = self._taken - self._held
+        done = self._taken - self._held
+        if elapsed >= _RATE_SAMPLE_S or (elapsed >= _RATE_SAMPLE_S / 10 and done - self._rate_done >= 64):
             rate = (done - self._rate_done) / elapsed
             # Up at once (a burst of short jobs), down gently (one slow sample is no trend).
             self._rate = rate if rate >= self._rate else (self._rate + rate) / 2
