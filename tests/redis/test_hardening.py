@@ -32,6 +32,21 @@ from tests.redis.conftest import advance_live, eventually
 WALL = 1_700_000_000.0
 
 
+@pytest.fixture(params=["default-parser", "pure-python-parser"])
+def queue(request: pytest.FixtureRequest, redis_url: str, prefix: str, clock: FakeClock) -> Iterator[RedisQueue]:
+    """The queue, once with redis-py's default reply parser (hiredis, a dependency) and once
+    with its pure-Python one: hostile bytes must be handled the same by both."""
+    q = RedisQueue(redis_url, prefix=prefix, clock=clock)
+    if request.param == "pure-python-parser":
+        from redis._parsers import _RESP2Parser  # redis-py moves it to RESP3's under protocol 3
+
+        q._redis.connection_pool.connection_kwargs["parser_class"] = _RESP2Parser  # before any connection
+    connection = q._redis.connection_pool.make_connection()  # not connected: only looked at
+    assert ("Hiredis" in type(connection._parser).__name__) == (request.param == "default-parser")
+    yield q
+    q.close()
+
+
 @pytest.fixture
 def bytes_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
