@@ -122,8 +122,11 @@ def current_redis_job() -> RedisJob | None:
     (:func:`engine.current_job` describes the local attempt, whose number is always 1 because
     retries go through Redis.)
     """
-    job: RedisJob | None = getattr(_current, "job", None)
-    return job
+    delivery: _Delivery | None = getattr(_current, "job", None)
+    if delivery is None or delivery.job is None:
+        return None
+    job = delivery.job
+    return RedisJob(delivery.job_id, delivery.attempt, job.max_retries, job.name, job.task)
 
 
 @dataclass(frozen=True, slots=True)
@@ -723,11 +726,15 @@ class RedisWorker:
         runnable: list[_Delivery] = []
         rejected: list[tuple[_Delivery, Outcome]] = []
         now = self._clock.time()
+        fns: dict[str, Callable[..., Any]] = {}  # this batch's task lookups
         for delivery in deliveries:
             job: JobPayload | None = None
             try:
                 job = decode_payload(delivery.payload)
-                d = _Delivery(delivery, job, self.tasks.get(job.task))
+                fn = fns.get(job.task)
+                if fn is None:
+                    fn = fns[job.task] = self.tasks.get(job.task)
+                d = _Delivery(delivery, job, fn)
                 runnable.append(d)
                 continue
             except UnknownTask as exc:
@@ -808,7 +815,7 @@ class RedisWorker:
         start = self._clock.monotonic()
         wait_s = max(0.0, start_wall - d.enqueued_at)
         d.started = True
-        _current.job = RedisJob(d.job_id, d.attempt, d.job.max_retries, d.job.name, d.job.task)
+        _current.job = d  # current_redis_job() describes it, only if a task asks
         try:
             result = d.fn(*d.job.args, **d.job.kwargs)
         except BaseException as exc:  # a job can never kill its worker

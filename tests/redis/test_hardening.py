@@ -6,6 +6,7 @@ its batch-mates, break a dashboard read, or leak a password into a message.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -96,6 +97,23 @@ def _nested(levels: int) -> list[object]:
     for _ in range(levels - 1):
         value = [value]
     return value
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ('{"task":"t"}', None),
+    (' \n{"task":"t"}\t ', None),  # whitespace around the value is JSON
+    ('{"task":"t"} x', "not JSON (Extra data"),
+    ('{"task":"t"}{"task":"u"}', "not JSON (Extra data"),
+    ('\ufeff{"task":"t"}', "not JSON (Unexpected UTF-8 BOM"),
+    ("", "not JSON (Expecting value"),
+    ('{"task":"t","a":null}', "'a' must be [args list, kwargs object], got None"),
+])
+def test_decode_payload_takes_exactly_one_json_value(text: str, error: str | None) -> None:
+    if error is None:
+        assert decode_payload(text).task == "t"
+    else:
+        with pytest.raises(MalformedPayload, match=re.escape(error)):
+            decode_payload(text)
 
 
 def test_decode_payload_accepts_escaped_surrogates_that_python_writes() -> None:
