@@ -1267,7 +1267,8 @@ class RedisBroker(SharedBroker):
             dies runs again after at most this long).
         heartbeat_s: seconds between this process's heartbeats and lease renewals.
         heartbeat_ttl_s: how long a silent process stays visible to dashboards.
-        prefetch: jobs this process fetches beyond its pool size (default ``2 * max_workers``).
+        prefetch: jobs this process fetches beyond its pool size (default: adaptive, see
+            :class:`~engine.redis_worker.RedisWorker`).
         poll_s: the longest an idle fetcher, or the reply reader, blocks on Redis at a time.
         connect_timeout_s: TCP connect timeout.
 
