@@ -459,3 +459,37 @@ def test_outcomes_are_sent_in_batches_but_never_wait_for_a_long_job(make_worker:
     eventually(drained(queue), what="2000 no-op jobs to finish")
     assert sum(settled) == 2004
     assert len(settled) < 2004 / 10, settled  # many outcomes per round trip, not one each
+
+
+def test_a_graceful_stop_gives_back_a_large_adaptive_buffer_without_spending_attempts(
+    make_worker: MakeWorker, raw: redis.Redis
+) -> None:
+    tasks = TaskRegistry()
+    ran: list[int] = []
+    lock = threading.Lock()
+    pause = threading.Event()
+
+    @tasks.task("short")
+    def short(i: int) -> None:
+        with lock:
+            ran.append(i)
+        pause.wait(0.0002)
+
+    worker, queue = make_worker(tasks)  # 2 threads; default (adaptive) prefetch
+    counts = _record_fetch_counts(queue)
+    n = 20_000
+    for start in range(0, n, 1000):
+        queue.submit_many("short", [(i,) for i in range(start, start + 1000)])
+    worker.start()
+    eventually(lambda: max(counts, default=0) > 100, what="the buffer to grow past 100 jobs")
+    report = worker.stop()
+    assert report.graceful and report.abandoned == 0 and report.unflushed == 0
+    assert report.put_back > 0  # the fetched but unstarted part of the buffer
+    snap = FleetView(queue).snapshot()
+    assert snap.consistent and snap.in_flight == 0
+    assert snap.counters.succeeded == len(ran) == len(set(ran))  # each ran once, and was counted
+    assert snap.backlog == n - len(ran)  # the rest is ready again (not lost, not leased)...
+    ready = [int(i) for i in raw.lrange(queue.base + "ready", 0, -1)]
+    assert len(ready) == snap.backlog and not set(ready) & {i + 1 for i in ran}  # ids are 1-based
+    attempts = {raw.hget(queue.base + f"job:{i}", "a") for i in ready}
+    assert attempts <= {"0", None}  # ... and a job given back unstarted spent no attempt
