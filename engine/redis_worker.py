@@ -8,7 +8,9 @@ Threads
   wake-up token, at most ``poll_s``, or until the next retry or lease deadline.
 * **The local dispatcher's workers** run the tasks. Each attempt's outcome (success, retry with
   backoff, or dead letter) is decided right there and put in the outbox.
-* **The flusher** sends the outbox to Redis in batches (one script call per batch).
+* **The flusher** sends the outbox to Redis in batches (one script call per batch). After the
+  first outcome it lingers up to 2 ms for more while jobs still run, so short jobs share a
+  round trip.
 * **The heartbeat** renews the leases of every job this process holds, writes the process's
   heartbeat (host, pid, each thread's busy state) and applies fleet commands (limits, stop).
 
@@ -34,6 +36,7 @@ import os
 import random
 import socket
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable
@@ -73,6 +76,11 @@ __all__ = ["RedisWorker", "WorkerStatus", "StopReport", "RedisJob", "current_red
 log = logging.getLogger("engine.redis")
 
 _FLUSH_BATCH = 1000
+_FLUSH_SOON = 200  # outcomes that are sent without lingering for more
+_FLUSH_LINGER_S = 0.002  # how long the flusher waits for more outcomes while jobs still run
+_PREFETCH_WINDOW_S = 0.05  # adaptive prefetch: buffer about this much of the recent throughput
+_PREFETCH_MAX = 2000  # ... but never more jobs than this
+_RATE_SAMPLE_S = 0.05  # the shortest interval over which the completion rate is measured
 _RECONNECT_BASE_S = 0.1
 _RECONNECT_CAP_S = 5.0
 _STILL_DOWN_LOG_S = 30.0
@@ -114,8 +122,11 @@ def current_redis_job() -> RedisJob | None:
     (:func:`engine.current_job` describes the local attempt, whose number is always 1 because
     retries go through Redis.)
     """
-    job: RedisJob | None = getattr(_current, "job", None)
-    return job
+    delivery: _Delivery | None = getattr(_current, "job", None)
+    if delivery is None or delivery.job is None:
+        return None
+    job = delivery.job
+    return RedisJob(delivery.job_id, delivery.attempt, job.max_retries, job.name, job.task)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,8 +218,12 @@ class RedisWorker:
             :func:`socket_timeout_for`; a queue built from a URL here gets that timeout).
         heartbeat_ttl_s: how long a silent worker's heartbeat stays visible to dashboards.
         prefetch: jobs fetched beyond ``max_workers``, so threads never wait for a round trip;
-            the fetcher refills once half of it is free. Default: ``2 * max_workers``. Lower it
-            for long jobs (a prefetched job waits for this process even if another is idle).
+            the fetcher refills once half of it is free. Default: adaptive, about 50 ms of this
+            process's recent completion rate, at least ``2 * max_workers`` and at most 2000,
+            refilled once a quarter is free (short jobs then travel in large batches, one round
+            trip for hundreds of jobs; for jobs of 25 ms or more it stays ``2 * max_workers``).
+            A fixed value suits long jobs (lower it: a prefetched job waits for this process
+            even if another is idle).
         poll_s: the longest an idle fetcher blocks on Redis before looking again.
         clock: time source; default :class:`RealClock`.
         rng: source of retry jitter; default ``random.Random()``.
@@ -301,7 +316,7 @@ class RedisWorker:
         self._lease_s = float(lease_s)
         self._heartbeat_s = float(heartbeat_s)
         self._heartbeat_ttl_s = float(heartbeat_ttl_s)
-        self._prefetch = 2 * self._local.max_workers if prefetch is None else prefetch
+        self._prefetch_fixed = prefetch  # None: adaptive (see _prefetch_locked)
         self._poll_s = float(poll_s)
         self._stop_redis_timeout_s = float(stop_redis_timeout_s)
         self._name = name
@@ -318,6 +333,10 @@ class RedisWorker:
         self._by_local: dict[int, _Delivery] = {}  # (lock) local job id -> delivery, while unsettled
         self._held = 0  # (lock) fetched and not yet settled
         self._refill_at = 0  # (lock) wake the waiting fetcher once _held drops to this
+        self._taken = 0  # (lock) jobs fetched so far (so _taken - _held have finished)
+        self._rate = 0.0  # (lock) recent local completion rate (jobs/s), for the adaptive prefetch
+        self._rate_at = 0.0  # (lock) monotonic time of the last rate sample
+        self._rate_done = 0  # (lock) _taken - _held at the last rate sample
         self._outbox: list[tuple[_Delivery, Outcome]] = []  # (lock) decided, not yet sent
         self._settled_n = 0  # (lock)
         self._stale_n = 0  # (lock)
@@ -622,8 +641,12 @@ class RedisWorker:
                     return
                 # Refill once half the prefetch buffer is free (with no prefetch: once a thread
                 # is free), so each round trip fetches a batch rather than one job.
-                capacity = self._local.max_workers + self._prefetch - self._held
-                min_batch = max(1, (self._prefetch + 1) // 2)
+                max_workers = self._local.max_workers
+                prefetch = self._prefetch_locked(max_workers)
+                capacity = max_workers + prefetch - self._held
+                min_batch = max(1, (prefetch + 1) // 2)
+                if self._prefetch_fixed is None:  # a large adaptive buffer: refill at a quarter
+                    min_batch = max(min(min_batch, max_workers), prefetch // 4)
                 if capacity < min_batch:
                     self._refill_at = self._held - (min_batch - capacity)
                     self._clock.wait(self._room, self._poll_s)
@@ -680,17 +703,38 @@ class RedisWorker:
                     if not self._fetch_stop:
                         self._clock.wait(self._room, timeout)
 
+    def _prefetch_locked(self, max_workers: int) -> int:
+        """How many jobs to hold beyond the threads: the fixed ``prefetch``, or, by default, about
+        ``_PREFETCH_WINDOW_S`` of the recent completion rate, at least ``2 * max_workers`` and
+        at most ``_PREFETCH_MAX``. Short jobs are so fetched (and settled) in large batches,
+        while a prefetched job still waits in this process for about that window at most."""
+        if self._prefetch_fixed is not None:
+            return self._prefetch_fixed
+        now = self._clock.monotonic()
+        elapsed = now - self._rate_at
+        done = self._taken - self._held
+        if elapsed >= _RATE_SAMPLE_S or (elapsed >= _RATE_SAMPLE_S / 10 and done - self._rate_done >= 64):
+            rate = (done - self._rate_done) / elapsed
+            # Up at once (a burst of short jobs), down gently (one slow sample is no trend).
+            self._rate = rate if rate >= self._rate else (self._rate + rate) / 2
+            self._rate_at, self._rate_done = now, done
+        return max(2 * max_workers, min(_PREFETCH_MAX, int(self._rate * _PREFETCH_WINDOW_S)))
+
     def _accept(self, deliveries: list[Delivery]) -> None:
         """Decode fetched jobs and submit them locally (a batch per run of equal options), or
         dead-letter those that cannot run."""
         runnable: list[_Delivery] = []
         rejected: list[tuple[_Delivery, Outcome]] = []
         now = self._clock.time()
+        fns: dict[str, Callable[..., Any]] = {}  # this batch's task lookups
         for delivery in deliveries:
             job: JobPayload | None = None
             try:
                 job = decode_payload(delivery.payload)
-                d = _Delivery(delivery, job, self.tasks.get(job.task))
+                fn = fns.get(job.task)
+                if fn is None:
+                    fn = fns[job.task] = self.tasks.get(job.task)
+                d = _Delivery(delivery, job, fn)
                 runnable.append(d)
                 continue
             except UnknownTask as exc:
@@ -711,6 +755,7 @@ class RedisWorker:
             for d, _ in rejected:
                 self._leased[d.token] = d
             self._held += len(runnable) + len(rejected)
+            self._taken += len(runnable) + len(rejected)
         for d, outcome in rejected:
             self._settle(d, outcome)
         start = 0
@@ -770,7 +815,7 @@ class RedisWorker:
         start = self._clock.monotonic()
         wait_s = max(0.0, start_wall - d.enqueued_at)
         d.started = True
-        _current.job = RedisJob(d.job_id, d.attempt, d.job.max_retries, d.job.name, d.job.task)
+        _current.job = d  # current_redis_job() describes it, only if a task asks
         try:
             result = d.fn(*d.job.args, **d.job.kwargs)
         except BaseException as exc:  # a job can never kill its worker
@@ -844,7 +889,11 @@ class RedisWorker:
             if d.handle is not None:
                 self._by_local.pop(d.handle.id, None)
             self._outbox.append((d, outcome))
-            self._outbox_cond.notify()
+            # The flusher waits for a first outcome, then lingers for more (see _flush_main):
+            # wake it for the first, for a full batch, or once nothing else is running.
+            pending = len(self._outbox)
+            if pending == 1 or pending == _FLUSH_SOON or self._held == 0:
+                self._outbox_cond.notify()
             if self._held <= self._refill_at:
                 self._room.notify()
 
@@ -865,6 +914,17 @@ class RedisWorker:
                 while not self._outbox and not self._flush_stop and not self._flush_abort:
                     self._clock.wait(self._outbox_cond, None)
                 if self._flush_abort or (not self._outbox and self._flush_stop):
+                    return
+                # Let outcomes of jobs still running gather for a moment, so one round trip
+                # carries many (real time: a short coalescing delay, not a timeout).
+                linger_until = time.monotonic() + _FLUSH_LINGER_S
+                while (len(self._outbox) < _FLUSH_SOON and self._held > 0 and not self._flush_stop
+                       and not self._flush_abort):
+                    left = linger_until - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._outbox_cond.wait(left)
+                if self._flush_abort:
                     return
                 batch = self._outbox[:_FLUSH_BATCH]
             try:

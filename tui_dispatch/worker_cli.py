@@ -95,7 +95,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                    help="threads at most (default: min(32, cpus + 4))")
     p.add_argument("--no-autoscale", action="store_true", help="keep the pool at --min-workers")
     p.add_argument("--prefetch", type=_int_at_least(0), default=None, metavar="N",
-                   help="jobs fetched beyond the thread count (default: 2 x --max-workers)")
+                   help="jobs fetched beyond the thread count (default: adaptive, about 50 ms of the "
+                        "recent completion rate, from 2 x --max-workers up to 2000)")
     p.add_argument("--lease-s", type=_positive, default=30.0, metavar="S",
                    help="how long a job stays leased without a heartbeat (default: %(default)s)")
     p.add_argument("--heartbeat-s", type=_positive, default=1.0, metavar="S",

@@ -185,6 +185,8 @@ def decode_payload(text: str) -> JobPayload:
 
 
 _MAX_NESTING = 128  # producers refuse arguments nested deeper than 100 levels (check_json_args)
+_raw_decode = json.JSONDecoder().raw_decode  # what json.loads runs, minus its checks
+_MISSING = object()
 
 
 def _nesting(obj: object) -> int:
@@ -210,19 +212,29 @@ def _decode_payload(text: str) -> JobPayload:
         raise MalformedPayload(
             f"malformed payload: not valid UTF-8: {_clean(text[:80])!r}") from None
     try:
-        obj = json.loads(text)
+        try:  # the common case, without json.loads' checks: one JSON value and nothing else
+            obj, end = _raw_decode(text)
+            whole = end == len(text)
+        except ValueError:
+            whole = False
+        if not whole:  # surrounding whitespace, extra data, not JSON: json.loads decides and says why
+            obj = json.loads(text)
     except RecursionError:
         raise MalformedPayload("malformed payload: JSON nested too deeply") from None
     except (TypeError, ValueError) as exc:
         raise MalformedPayload(f"malformed payload: not JSON ({exc}): {text[:80]!r}") from None
     if not isinstance(obj, dict):
         raise MalformedPayload(f"malformed payload: expected a JSON object, got {type(obj).__name__}")
-    if _nesting(obj) > _MAX_NESTING:  # the same on every Python, whatever its parser's own limit
+    # The same limit on every Python, whatever its parser's own. Each level of nesting needs an
+    # opening bracket in the text, so only a text with more than the limit needs the walk.
+    if text.count("[") + text.count("{") > _MAX_NESTING and _nesting(obj) > _MAX_NESTING:
         raise MalformedPayload("malformed payload: JSON nested too deeply")
     task = obj.get("task")
     if not isinstance(task, str) or not _TASK_NAME.match(task):
         raise MalformedPayload(f"malformed payload: 'task' must be a task name, got {_short(task)}")
-    a = obj.get("a", [[], {}])
+    a = obj.get("a", _MISSING)
+    if a is _MISSING:
+        a = [[], {}]
     if not (isinstance(a, list) and len(a) == 2 and isinstance(a[0], list) and isinstance(a[1], dict)):
         raise MalformedPayload(f"malformed payload: 'a' must be [args list, kwargs object], got {_short(a)}")
     name = obj.get("name", task)
@@ -1279,7 +1291,8 @@ class RedisBroker(SharedBroker):
             dies runs again after at most this long).
         heartbeat_s: seconds between this process's heartbeats and lease renewals.
         heartbeat_ttl_s: how long a silent process stays visible to dashboards.
-        prefetch: jobs this process fetches beyond its pool size (default ``2 * max_workers``).
+        prefetch: jobs this process fetches beyond its pool size (default: adaptive, see
+            :class:`~engine.redis_worker.RedisWorker`).
         poll_s: the longest an idle fetcher, or the reply reader, blocks on Redis at a time.
         connect_timeout_s: TCP connect timeout.
 

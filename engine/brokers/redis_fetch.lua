@@ -42,18 +42,23 @@ if count > 0 then
   if ids then
     local tok = redis.call('INCRBY', B .. 'tok', #ids) - #ids
     local missing = 0
+    local leases = {}  -- ZADD arguments: deadline, id, deadline, id...
     for _, id in ipairs(ids) do
       local k = jkey(id)
-      local v = redis.call('HMGET', k, 'p', 'e')
+      local v = redis.call('HMGET', k, 'p', 'e', 'a')
       if v[1] then
         tok = tok + 1
-        local attempt = redis.call('HINCRBY', k, 'a', 1)
-        redis.call('HSET', k, 'l', tok, 'w', wid)
-        redis.call('ZADD', PROC, deadline, id)
+        local attempt = (tonumber(v[3]) or 0) + 1
+        redis.call('HSET', k, 'a', attempt, 'l', tok, 'w', wid)
+        leases[#leases + 1] = deadline
+        leases[#leases + 1] = id
         jobs[#jobs + 1] = {id, tostring(tok), attempt, v[1], v[2] or now}
       else
         missing = missing + 1
       end
+    end
+    for i = 1, #leases, 2000 do  -- one ZADD per 1000 leases (below Lua's unpack limit)
+      redis.call('ZADD', PROC, unpack(leases, i, math.min(i + 1999, #leases)))
     end
     out[5] = missing
   end

@@ -6,6 +6,7 @@ its batch-mates, break a dashboard read, or leak a password into a message.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -32,6 +33,21 @@ from tests.redis.conftest import advance_live, eventually
 WALL = 1_700_000_000.0
 
 
+@pytest.fixture(params=["default-parser", "pure-python-parser"])
+def queue(request: pytest.FixtureRequest, redis_url: str, prefix: str, clock: FakeClock) -> Iterator[RedisQueue]:
+    """The queue, once with redis-py's default reply parser (hiredis, a dependency) and once
+    with its pure-Python one: hostile bytes must be handled the same by both."""
+    q = RedisQueue(redis_url, prefix=prefix, clock=clock)
+    if request.param == "pure-python-parser":
+        from redis._parsers import _RESP2Parser  # redis-py moves it to RESP3's under protocol 3
+
+        q._redis.connection_pool.connection_kwargs["parser_class"] = _RESP2Parser  # before any connection
+    connection = q._redis.connection_pool.make_connection()  # not connected: only looked at
+    assert ("Hiredis" in type(connection._parser).__name__) == (request.param == "default-parser")
+    yield q
+    q.close()
+
+
 @pytest.fixture
 def bytes_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
@@ -54,6 +70,50 @@ def test_decode_payload_refuses_hostile_text_with_a_reason(text: str, reason: st
     assert reason in str(info.value)
     assert "\n" not in str(info.value) and len(str(info.value)) < 300
     str(info.value).encode("utf-8")  # printable
+
+
+def _nested_payload(depth: int, extra: str = "") -> str:
+    """A payload whose JSON nests ``depth`` levels (the object, "a", the args list, then lists)."""
+    k = depth - 3
+    return '{"task":"t","a":[[' + "[" * k + "]" * k + extra + "],{}]}"
+
+
+def test_decode_payload_nesting_limit_is_exact() -> None:
+    assert decode_payload(_nested_payload(128)).args == (_nested(125),)
+    with pytest.raises(MalformedPayload, match="nested too deeply"):
+        decode_payload(_nested_payload(129))
+    # Brackets inside strings do not nest: a shallow payload full of them is fine.
+    text = '{"task":"t","a":[["' + "[{" * 500 + '"],{"k":"' + "]}" * 500 + '"}]}'
+    assert decode_payload(text).args == ("[{" * 500,)
+    # Many brackets, but shallow: fine; the same with one deep argument: refused.
+    wide = ",".join(["[[]]"] * 200)
+    assert len(decode_payload('{"task":"t","a":[[' + wide + "],{}]}").args) == 200
+    with pytest.raises(MalformedPayload, match="nested too deeply"):
+        decode_payload(_nested_payload(129, "," + wide))
+
+
+def _nested(levels: int) -> list[object]:
+    value: list[object] = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ('{"task":"t"}', None),
+    (' \n{"task":"t"}\t ', None),  # whitespace around the value is JSON
+    ('{"task":"t"} x', "not JSON (Extra data"),
+    ('{"task":"t"}{"task":"u"}', "not JSON (Extra data"),
+    ('\ufeff{"task":"t"}', "not JSON (Unexpected UTF-8 BOM"),
+    ("", "not JSON (Expecting value"),
+    ('{"task":"t","a":null}', "'a' must be [args list, kwargs object], got None"),
+])
+def test_decode_payload_takes_exactly_one_json_value(text: str, error: str | None) -> None:
+    if error is None:
+        assert decode_payload(text).task == "t"
+    else:
+        with pytest.raises(MalformedPayload, match=re.escape(error)):
+            decode_payload(text)
 
 
 def test_decode_payload_accepts_escaped_surrogates_that_python_writes() -> None:

@@ -389,3 +389,107 @@ def test_a_task_can_see_its_fleet_wide_attempt(make_worker: MakeWorker) -> None:
     eventually(drained(queue), what="the job to succeed on its third attempt")
     assert seen == [RedisJob(1, n, 4, "looker", "look") for n in (1, 2, 3)]
     assert current_redis_job() is None
+
+
+def _record_fetch_counts(queue: RedisQueue) -> list[int]:
+    """Wrap ``queue.fetch`` to record how many jobs each call asked for."""
+    counts: list[int] = []
+    fetch = queue.fetch
+
+    def recording(worker_id: str, count: int, **kwargs: Any) -> Any:
+        counts.append(count)
+        return fetch(worker_id, count, **kwargs)
+
+    queue.fetch = recording  # type: ignore[method-assign]
+    return counts
+
+
+def test_the_default_prefetch_grows_for_short_jobs(make_worker: MakeWorker) -> None:
+    tasks = TaskRegistry()
+    tasks.register("noop", lambda i: None)
+    worker, queue = make_worker(tasks)  # 2 threads; default (adaptive) prefetch
+    counts = _record_fetch_counts(queue)
+    queue.submit_many("noop", [(i,) for i in range(5000)])
+    worker.start()
+    eventually(drained(queue), what="5000 no-op jobs to finish")
+    assert queue.counters()["succeeded"] == 5000
+    # A fixed prefetch of 2 x 2 threads would never ask for more than 6 jobs at once.
+    assert max(counts) > 18, counts
+    assert max(counts) <= 2 + 2000
+
+
+def test_the_default_prefetch_stays_small_for_slow_jobs(make_worker: MakeWorker) -> None:
+    tasks = TaskRegistry()
+    pause = threading.Event()
+    tasks.register("slow", lambda i: pause.wait(0.05))
+    worker, queue = make_worker(tasks)  # 2 threads; default (adaptive) prefetch
+    counts = _record_fetch_counts(queue)
+    queue.submit_many("slow", [(i,) for i in range(24)])
+    worker.start()
+    eventually(drained(queue), what="24 jobs of 50 ms to finish")
+    # 50 ms jobs: the window holds about 2 of them, so the floor of 2 x 2 threads applies.
+    assert max(counts) <= 2 + 4, counts
+    assert queue.counters()["succeeded"] == 24
+
+
+def test_outcomes_are_sent_in_batches_but_never_wait_for_a_long_job(make_worker: MakeWorker) -> None:
+    tasks = TaskRegistry()
+    gate = Gate()
+    tasks.register("gated", gate.enter)
+    tasks.register("noop", lambda i: None)
+    worker, queue = make_worker(tasks)
+    settled: list[int] = []
+    settle = queue.settle
+
+    def recording(outcomes: Any) -> Any:
+        settled.append(len(outcomes))
+        return settle(outcomes)
+
+    queue.settle = recording  # type: ignore[method-assign]
+    queue.submit("gated", 0)
+    queue.submit_many("noop", [(i,) for i in range(3)])
+    worker.start()
+    gate.wait_entered(1)
+    # The gated job runs on: the flusher lingers only briefly, then sends what it has.
+    eventually(lambda: queue.counters().get("succeeded", 0) == 3, what="the 3 quick jobs' outcomes")
+    assert worker.status().outbox == 0
+    gate.opened.set()
+    eventually(drained(queue), what="the gated job to finish")
+    queue.submit_many("noop", [(i,) for i in range(2000)])
+    eventually(drained(queue), what="2000 no-op jobs to finish")
+    assert sum(settled) == 2004
+    assert len(settled) < 2004 / 10, settled  # many outcomes per round trip, not one each
+
+
+def test_a_graceful_stop_gives_back_a_large_adaptive_buffer_without_spending_attempts(
+    make_worker: MakeWorker, raw: redis.Redis
+) -> None:
+    tasks = TaskRegistry()
+    ran: list[int] = []
+    lock = threading.Lock()
+    pause = threading.Event()
+
+    @tasks.task("short")
+    def short(i: int) -> None:
+        with lock:
+            ran.append(i)
+        pause.wait(0.0002)
+
+    worker, queue = make_worker(tasks)  # 2 threads; default (adaptive) prefetch
+    counts = _record_fetch_counts(queue)
+    n = 20_000
+    for start in range(0, n, 1000):
+        queue.submit_many("short", [(i,) for i in range(start, start + 1000)])
+    worker.start()
+    eventually(lambda: max(counts, default=0) > 100, what="the buffer to grow past 100 jobs")
+    report = worker.stop()
+    assert report.graceful and report.abandoned == 0 and report.unflushed == 0
+    assert report.put_back > 0  # the fetched but unstarted part of the buffer
+    snap = FleetView(queue).snapshot()
+    assert snap.consistent and snap.in_flight == 0
+    assert snap.counters.succeeded == len(ran) == len(set(ran))  # each ran once, and was counted
+    assert snap.backlog == n - len(ran)  # the rest is ready again (not lost, not leased)...
+    ready = [int(i) for i in raw.lrange(queue.base + "ready", 0, -1)]
+    assert len(ready) == snap.backlog and not set(ready) & {i + 1 for i in ran}  # ids are 1-based
+    attempts = {raw.hget(queue.base + f"job:{i}", "a") for i in ready}
+    assert attempts <= {"0", None}  # ... and a job given back unstarted spent no attempt
