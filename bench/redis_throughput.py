@@ -15,6 +15,8 @@ Sides:
   (one worker process), idle when the clock starts. A producer in the same process enqueues the
   jobs with ``submit_many`` in chunks of 1,000 (the workers start on the first chunk); the
   clock stops when the fleet counters show every job finished (succeeded or dead-lettered).
+* **Dispatcher**: R1 through ``Dispatcher(broker=RedisBroker(url))`` with 4 threads of its own:
+  the same work plus a handle per job, completed from the job's reply (one process).
 * **bare loop**: 4 consumer threads blocked in ``BRPOP`` when the clock starts; a producer does
   one ``LPUSH`` round trip per job; each consumer does one ``BRPOP`` round trip per job and
   nothing else (no lease, no counters, no retries: a job is lost if its consumer dies). The
@@ -132,6 +134,38 @@ def run_broker(url: str, workload: str, n: int, seed: int = 0) -> dict[str, Any]
     return result
 
 
+def run_dispatcher(url: str, n: int) -> dict[str, Any]:
+    """R1 through the Dispatcher API: ``Dispatcher(broker=RedisBroker(url))`` with 4 threads of its
+    own, ``submit_many`` in chunks of 1,000, and ``join()``: every job's handle completes from
+    its reply (what the broker side does not pay for)."""
+    from engine import Dispatcher, RetryPolicy
+    from engine.brokers.redis import RedisBroker
+
+    prefix = f"bench-{uuid.uuid4().hex[:10]}"
+    tasks = _tasks()
+    noop = tasks.get("noop")
+    d = Dispatcher(broker=RedisBroker(url, prefix=prefix), tasks=tasks, min_workers=THREADS, max_workers=THREADS,
+                   autoscale=False, retry=RetryPolicy(max_retries=1, base_s=0.0, jitter="none"), log_interval_s=0)
+    try:
+        threading.Event().wait(0.5)  # let the fetcher settle into its idle wait
+        started = time.perf_counter()
+        handles = []
+        for chunk in range(0, n, 1000):
+            handles += d.submit_many(noop, [(i,) for i in range(chunk, min(n, chunk + 1000))])
+        if not d.join(300):
+            raise RuntimeError("the dispatcher did not finish")
+        elapsed = time.perf_counter() - started
+        done = sum(1 for h in handles if h.done() and h.exception() is None)
+    finally:
+        d.shutdown(cancel_futures=True)
+        from engine.brokers.redis import RedisQueue
+
+        cleaner = RedisQueue(url, prefix=prefix)
+        cleaner.clear()
+        cleaner.close()
+    return {"jobs_per_s": n / elapsed, "elapsed_s": elapsed, "succeeded": done}
+
+
 def run_bare(url: str, n: int) -> dict[str, Any]:
     """The bare loop: fill a list, then 4 threads BRPOP it empty, one round trip per job."""
     import redis
@@ -186,11 +220,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"redis_throughput: skipped: {problem}", file=sys.stderr)
         return 0
     n_noop, n_fail, n_lat = (N_NOOP, N_FAIL, N_LAT) if not args.quick else (5_000, 2_000, 500)
-    runs: dict[str, list[dict[str, Any]]] = {"R1 broker": [], "R1 bare": [], "R2 broker": [], "LAT broker": []}
+    runs: dict[str, list[dict[str, Any]]] = {"R1 broker": [], "R1 bare": [], "R1 dispatcher": [], "R2 broker": [],
+                                             "LAT broker": []}
     try:
         for rep in range(reps):
             order = [("R1 bare", "run_bare", {"url": args.redis, "n": n_noop}),
-                     ("R1 broker", "run_broker", {"url": args.redis, "workload": "noop", "n": n_noop})]
+                     ("R1 broker", "run_broker", {"url": args.redis, "workload": "noop", "n": n_noop}),
+                     ("R1 dispatcher", "run_dispatcher", {"url": args.redis, "n": n_noop})]
             if rep % 2:
                 order.reverse()
             order.append(("R2 broker", "run_broker",
@@ -210,8 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     lat99 = Summary.of([r["wait_p99_ms"] for r in runs["LAT broker"]])
     rows = [
         [f"R1 {n_noop:,} no-op jobs", "tui-dispatch", rate("R1 broker").fmt(unit=" jobs/s"),
-         f"{ratio.fmt('.2f', 'x')} the bare loop; {rate('R1 broker').median / 1100:.1f}x Huey's 1.1k"],
+         f"{ratio.fmt('.2f', 'x')} the bare loop (Huey: see redis_peers)"],
         [f"R1 {n_noop:,} no-op jobs", "bare LPUSH/BRPOP", rate("R1 bare").fmt(unit=" jobs/s"), ""],
+        [f"R1 {n_noop:,} no-op jobs", "Dispatcher(broker=RedisBroker)", rate("R1 dispatcher").fmt(unit=" jobs/s"),
+         f"{rate('R1 dispatcher').median / rate('R1 broker').median:.2f} of the broker side: the cost of handles"],
         [f"R2 {n_fail:,} jobs, 20% fail once", "tui-dispatch", rate("R2 broker").fmt(unit=" jobs/s"),
          f"{runs['R2 broker'][0]['retries']} retries"],
         [f"LAT {n_lat:,} jobs at ~1k/s", "tui-dispatch", f"p50 {lat50.fmt('.2f', ' ms')}",
@@ -221,7 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "redis_throughput", "reps": reps, "threads": THREADS, "engine_revision": engine_revision(),
         "machine": machine_info(), "runs": runs,
         "summary": {"r1_broker": rate("R1 broker").to_dict(), "r1_bare": rate("R1 bare").to_dict(),
-                    "r1_ratio": ratio.to_dict(), "r2_broker": rate("R2 broker").to_dict(),
+                    "r1_ratio": ratio.to_dict(), "r1_dispatcher": rate("R1 dispatcher").to_dict(),
+                    "r2_broker": rate("R2 broker").to_dict(),
                     "lat_p50_ms": lat50.to_dict(), "lat_p99_ms": lat99.to_dict()},
     }
     if args.json:
