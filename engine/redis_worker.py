@@ -50,6 +50,7 @@ from engine.brokers.redis import (
     MalformedPayload,
     Outcome,
     RedisQueue,
+    check_worker_settings,
     dead_letter_entry,
     decode_payload,
     encode_result,
@@ -264,16 +265,8 @@ class RedisWorker:
     ) -> None:
         if not isinstance(tasks, TaskRegistry):
             raise ConfigError(f"tasks must be a TaskRegistry; got {tasks!r}")
-        for what, value in (("lease_s", lease_s), ("heartbeat_s", heartbeat_s),
-                            ("heartbeat_ttl_s", heartbeat_ttl_s), ("poll_s", poll_s),
-                            ("stop_redis_timeout_s", stop_redis_timeout_s)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
-                raise ConfigError(f"{what} must be a number > 0; got {value!r}")
-        if heartbeat_s >= lease_s / 2:
-            raise ConfigError(
-                f"heartbeat_s ({heartbeat_s:g}) must be below lease_s / 2 ({lease_s / 2:g}) so leases are "
-                "renewed before they expire"
-            )
+        check_worker_settings(lease_s=lease_s, heartbeat_s=heartbeat_s, prefetch=prefetch,
+                              heartbeat_ttl_s=heartbeat_ttl_s, poll_s=poll_s, stop_redis_timeout_s=stop_redis_timeout_s)
         if isinstance(queue, RedisQueue):
             socket_s = queue.socket_timeout_s
             if heartbeat_s + 2 * socket_s > lease_s:
@@ -283,8 +276,6 @@ class RedisWorker:
                     f"still renew the lease in time; need heartbeat_s + 2 * socket_timeout_s <= lease_s, e.g. "
                     f"RedisQueue(..., socket_timeout_s={socket_timeout_for(lease_s, heartbeat_s):g})"
                 )
-        if prefetch is not None and (not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0):
-            raise ConfigError(f"prefetch must be None or an int >= 0; got {prefetch!r}")
         if retry is None:
             retry = RetryPolicy()
         elif not isinstance(retry, RetryPolicy):

@@ -83,6 +83,7 @@ __all__ = [
     "LeaseExpired",
     "encode_payload",
     "decode_payload",
+    "check_worker_settings",
     "dead_letter_entry",
     "encode_result",
     "redact_url",
@@ -1273,6 +1274,27 @@ class RedisQueue:
         return deleted
 
 
+def check_worker_settings(*, lease_s: object, heartbeat_s: object, prefetch: object, **positive: object) -> None:
+    """Check a worker's timing and buffer settings (a :class:`RedisBroker`'s or a
+    :class:`~engine.redis_worker.RedisWorker`'s); ``positive`` are other settings that must be
+    numbers > 0. Thread-safe (pure).
+
+    Raises:
+        ConfigError: the first bad one, named, with what is allowed.
+    """
+    for what, value in (("lease_s", lease_s), ("heartbeat_s", heartbeat_s), *positive.items()):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+            raise ConfigError(f"{what} must be a number > 0; got {value!r}")
+    assert isinstance(lease_s, (int, float)) and isinstance(heartbeat_s, (int, float))
+    if heartbeat_s >= lease_s / 2:
+        raise ConfigError(
+            f"heartbeat_s ({heartbeat_s:g}) must be below lease_s / 2 ({lease_s / 2:g}) so leases are "
+            "renewed before they expire"
+        )
+    if prefetch is not None and (not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0):
+        raise ConfigError(f"prefetch must be None or an int >= 0; got {prefetch!r}")
+
+
 # ================================================================================================
 # The broker seam: Dispatcher(broker=RedisBroker(url))
 # ================================================================================================
@@ -1315,17 +1337,8 @@ class RedisBroker(SharedBroker):
         poll_s: float = 0.5,
         connect_timeout_s: float = 2.0,
     ) -> None:
-        for what, value in (("lease_s", lease_s), ("heartbeat_s", heartbeat_s),
-                            ("heartbeat_ttl_s", heartbeat_ttl_s), ("poll_s", poll_s)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
-                raise ConfigError(f"{what} must be a number > 0; got {value!r}")
-        if heartbeat_s >= lease_s / 2:
-            raise ConfigError(
-                f"heartbeat_s ({heartbeat_s:g}) must be below lease_s / 2 ({lease_s / 2:g}) so leases are "
-                "renewed before they expire"
-            )
-        if prefetch is not None and (not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0):
-            raise ConfigError(f"prefetch must be None or an int >= 0; got {prefetch!r}")
+        check_worker_settings(lease_s=lease_s, heartbeat_s=heartbeat_s, prefetch=prefetch,
+                              heartbeat_ttl_s=heartbeat_ttl_s, poll_s=poll_s)
         self.url = url
         self.queue_name = queue
         self.prefix = prefix
