@@ -29,11 +29,16 @@ What differs, because the jobs cross process boundaries:
   ``join`` waits for the jobs this dispatcher submitted (or requeued).
 * A handle is QUEUED until its job ends (the fleet does not report starts to producers), and
   ``cancel()`` succeeds while the job waits in Redis, not once a worker has fetched it.
-* ``shutdown`` stops this process's pool (graceful: running jobs finish and fetched ones go
-  back; forceful: also cancel this dispatcher's jobs still waiting in Redis). A job it
-  submitted that is still queued or running elsewhere when it stops stays in Redis and ends
-  there; its handle raises :class:`~engine.errors.DispatcherClosed` and the report lists it
-  under ``abandoned``.
+* ``shutdown`` (graceful) waits for this dispatcher's jobs to end anywhere in the fleet, then
+  stops this process's pool (running jobs finish, fetched ones go back); forceful, it also
+  cancels this dispatcher's jobs still waiting in Redis. A job it submitted that is still
+  queued or running elsewhere when it stops stays in Redis and ends there; its handle raises
+  :class:`~engine.errors.DispatcherClosed` and the report lists it under ``abandoned``. At
+  interpreter exit it does not wait for the fleet, nor cancel: a producer's jobs stay queued.
+* Done-callbacks run on a few callback threads of the dispatcher (in memory: on the worker
+  that ran the job).
+* A requeued job (``dlq_requeue``) reports to the dispatcher that requeued it; each life of a
+  job (a submit, each requeue) has its own number, so its outcomes are never confused.
 * No ``max_queue`` (Redis is the bound) and no ``rng``-driven jitter outside the local pool.
 """
 
