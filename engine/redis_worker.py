@@ -80,7 +80,7 @@ _FLUSH_BATCH = 1000
 _FLUSH_SOON = 200  # outcomes that are sent without lingering for more
 _FLUSH_LINGER_S = 0.002  # how long the flusher waits for more outcomes while jobs still run
 _PREFETCH_WINDOW_S = 0.05  # adaptive prefetch: buffer about this much of the recent throughput
-_PREFETCH_MAX = 2000  # ... but never more jobs than this
+_PREFETCH_MAX = 64  # ... but never more jobs than this
 _RATE_SAMPLE_S = 0.05  # the shortest interval over which the completion rate is measured
 _RECONNECT_BASE_S = 0.1
 _RECONNECT_CAP_S = 5.0
@@ -219,12 +219,15 @@ class RedisWorker:
             :func:`socket_timeout_for`; a queue built from a URL here gets that timeout).
         heartbeat_ttl_s: how long a silent worker's heartbeat stays visible to dashboards.
         prefetch: jobs fetched beyond ``max_workers``, so threads never wait for a round trip;
-            the fetcher refills once half of it is free. Default: adaptive, about 50 ms of this
-            process's recent completion rate, at least ``2 * max_workers`` and at most 2000,
-            refilled once a quarter is free (short jobs then travel in large batches, one round
-            trip for hundreds of jobs; for jobs of 25 ms or more it stays ``2 * max_workers``).
-            A fixed value suits long jobs (lower it: a prefetched job waits for this process
-            even if another is idle).
+            a fixed value is refilled once half of it is free. Default: adaptive, about 50 ms of
+            this process's recent completion rate, at least ``2 * max_workers`` and at most 64,
+            refilled once a quarter is free (short jobs then travel in batches of dozens; in a
+            steady stream of jobs of 25 ms or more it stays ``2 * max_workers``, but right after
+            a burst of quick jobs it can hold up to 64 of whatever comes next). Beyond its
+            threads and ``2 * max_workers``, a fetch takes at most a fair part of the ready list
+            (its length divided by the live worker processes). A buffered job waits for this
+            process even if another is idle, and a paused queue gives the buffer back; a fixed,
+            low value suits long jobs.
         poll_s: the longest an idle fetcher blocks on Redis before looking again.
         clock: time source; default :class:`RealClock`.
         rng: source of retry jitter; default ``random.Random()``.
@@ -651,7 +654,10 @@ class RedisWorker:
                     if recovered:
                         log.warning("worker %s put back %d jobs leased by a fetch whose reply was lost",
                                     self.worker_id, recovered)
-                result = self.queue.fetch(self.worker_id, capacity, lease_s=self._lease_s)
+                # Beyond its threads and a small buffer, take only a fair part of the queue.
+                result = self.queue.fetch(self.worker_id, capacity, lease_s=self._lease_s,
+                                          own_share=max(1, 2 * max_workers - self._held),
+                                          live_s=3 * self._heartbeat_s + 1.0)
             except BrokerUnavailable as exc:
                 failures += 1
                 unsure = True
@@ -679,6 +685,8 @@ class RedisWorker:
                                   len(result.deliveries))
             if result.deliveries:
                 continue
+            if result.paused:
+                self._give_back_unstarted("the queue is paused")
             timeout = self._poll_s
             now = self._clock.time()
             if not result.paused:
@@ -693,6 +701,27 @@ class RedisWorker:
                 with self._lock:
                     if not self._fetch_stop:
                         self._clock.wait(self._room, timeout)
+
+    def _give_back_unstarted(self, why: str) -> int:
+        """Put jobs fetched but not started back at the front of the queue, unspent. Returns how
+        many (the fetcher's thread; stop has its own path)."""
+        with self._lock:
+            waiting = [d for d in self._leased.values() if not d.settled and not d.started and d.handle is not None]
+        cancelled = [d for d in waiting if d.handle is not None and d.handle.cancel()]
+        with self._lock:  # the fetcher and the heartbeat may both get here: each job goes back once
+            unstarted = [d for d in cancelled if not d.settled]
+            for d in unstarted:
+                d.settled = True
+                self._held -= 1
+                self._forget_locked(d)
+        if not unstarted:
+            return 0
+        try:
+            back = self.queue.put_back([(d.job_id, d.token) for d in unstarted])
+        except BrokerUnavailable:
+            back = 0  # their leases expire; they come back then, unspent
+        log.info("worker %s gave back %d buffered jobs: %s", self.worker_id, back, why)
+        return back
 
     def _prefetch_locked(self, max_workers: int) -> int:
         """How many jobs to hold beyond the threads: the fixed ``prefetch``, or, by default, about
@@ -982,8 +1011,21 @@ class RedisWorker:
                 lost = [job_id for job_id, token in leases if job_id in lost_ids
                         and token in self._leased and not self._leased[token].settled]
         if lost:
-            log.warning("worker %s lost the lease of %d jobs (%s); they run again elsewhere", self.worker_id,
-                        len(lost), ", ".join(map(str, lost[:10])))
+            # Jobs still waiting in the buffer must not start: their lease is gone, so another
+            # worker has them (or will). Running ones finish; their outcomes are then ignored.
+            lost_ids = set(lost)
+            with self._lock:
+                gone = [d for d in self._leased.values() if d.job_id in lost_ids and not d.settled]
+            cancelled = [d for d in gone if not d.started and d.handle is not None and d.handle.cancel()]
+            with self._lock:
+                dropped = [d for d in cancelled if not d.settled]
+                for d in dropped:
+                    d.settled = True
+                    self._held -= 1
+                    self._forget_locked(d)
+            log.warning("worker %s lost the lease of %d jobs (%s); they run again elsewhere%s", self.worker_id,
+                        len(lost), ", ".join(map(str, lost[:10])),
+                        f" ({len(dropped)} not started here: dropped)" if dropped else "")
         self._apply_control(control)
 
     def _heartbeat_fields(self) -> dict[str, str]:
@@ -1039,6 +1081,8 @@ class RedisWorker:
                 log.info("worker %s: fleet set pool limits to %d-%d", self.worker_id, low, high)
             except ConfigError as exc:
                 log.warning("worker %s ignored fleet limits: %s", self.worker_id, exc)
+        if control.get("paused") == "1":  # running jobs finish; buffered ones go back (within a heartbeat)
+            self._give_back_unstarted("the queue is paused")
         stop = control.get("stop", "")
         mode, _, at = stop.partition(":")
         at_s = _float(at)

@@ -285,13 +285,21 @@ def dead_letter_entry(
     )
 
 
+RESULT_MAX_CHARS = 1 << 20  # the largest result a reply carries (JSON characters)
+
+
 def encode_result(value: Any) -> tuple[str, Literal["ok", "unencodable"]]:
     """A job's return value as reply text: ``(json_text, "ok")``, or, when JSON cannot carry it,
     ``(json_string_saying_why, "unencodable")``. Thread-safe (pure); never raises."""
     if value is None:
         return "null", "ok"
     try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False), "ok"
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+        if len(text) > RESULT_MAX_CHARS:  # one huge result must not make a settle batch Redis refuses
+            return json.dumps(f"the result ({type(value).__qualname__}) is {len(text):,} characters of JSON, "
+                              f"over the {RESULT_MAX_CHARS:,} a reply may carry; store it elsewhere and "
+                              "return a reference"), "unencodable"
+        return text, "ok"
     except Exception as exc:  # TypeError, ValueError, RecursionError, or whatever a dict subclass raises
         try:
             detail = _short(str(exc))
@@ -743,7 +751,9 @@ class RedisQueue:
         return ids
 
     # -- working ---------------------------------------------------------------------------------
-    def fetch(self, worker_id: str, count: int, *, lease_s: float) -> FetchResult:
+    def fetch(
+        self, worker_id: str, count: int, *, lease_s: float, own_share: int | None = None, live_s: float = 5.0,
+    ) -> FetchResult:
         """Lease up to ``count`` ready jobs to ``worker_id``, in one round trip. Thread-safe.
 
         First moves retries that fell due to the ready list and takes back expired leases, so
@@ -754,6 +764,8 @@ class RedisQueue:
             worker_id: who takes the leases (shown in DLQ entries of lost leases).
             count: the most jobs to take.
             lease_s: seconds until the leases expire unless renewed with :meth:`extend`.
+            own_share: with it, take more than this only up to a fair part of the ready list
+                (its length / the workers whose heartbeat is younger than ``live_s``).
 
         Raises:
             BrokerUnavailable: Redis cannot be reached.
@@ -762,7 +774,8 @@ class RedisQueue:
         # A payload that is not UTF-8 reaches decode_payload as lone surrogates, which it refuses
         # (MalformedPayload): one bad job never fails the whole batch's reply.
         reply = json.loads(self._run_raw("fetch", (repr(now), int(count), repr(now + lease_s), worker_id,
-                                                   self.dlq_max or 0, _SCAN)))
+                                                   self.dlq_max or 0, _SCAN,
+                                                   "" if own_share is None else int(own_share), repr(live_s))))
         jobs = reply[6] if isinstance(reply[6], list) else []  # Lua's cjson writes [] as {}
         return FetchResult(
             deliveries=[Delivery(int(i), str(t), int(a), str(p), _float_or(e, now) or now) for i, t, a, p, e in jobs],

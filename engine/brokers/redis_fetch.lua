@@ -1,15 +1,19 @@
 -- Fetch a batch with a lease, after housekeeping. ARGV: base, now, count, lease deadline,
--- worker id, dlq_max (0: no cap), scan limit.
+-- worker id, dlq_max (0: no cap), scan limit, own share (the most this worker takes whatever
+-- others do; '' for count), live window (seconds a worker's last heartbeat stays live).
 --   0. after a silence of the whole fleet longer than lease_s / 2, leases are pushed back (touch);
 --   1. retries due at or before now move from scheduled to the end of ready;
 --   2. leases that ended at or before now are lost attempts (see lease_lost);
 --   3. unless the queue is paused, up to count ids move from ready to processing, each with
---      a fresh lease token and one more attempt.
+--      a fresh lease token and one more attempt. Beyond its own share, a worker takes at most
+--      its fair part of ready (ready / live workers), so a large buffer never hoards the queue
+--      while other workers are idle.
 -- Returns one JSON text (one bulk reply parses far faster than a flat array):
 --   [next retry due or "", next lease deadline or "", promoted, reclaimed, missing, paused,
 --    [[id, token, attempt, payload, enqueued_at], ...]]
 local now, count, deadline, wid = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local dlq_max, scan = tonumber(ARGV[6]), tonumber(ARGV[7])
+local own, live_s = tonumber(ARGV[8]), tonumber(ARGV[9])
 touch(now, (tonumber(deadline) - tonumber(now)) / 2)
 
 local due = redis.call('ZRANGEBYSCORE', SCHED, '-inf', now, 'LIMIT', 0, scan)
@@ -33,6 +37,13 @@ local paused = 0
 if redis.call('HGET', CONTROL, 'paused') == '1' then
   count = 0
   paused = 1
+end
+
+if own and live_s and count > own then
+  local live = redis.call('ZCOUNT', B .. 'workers', tonumber(now) - live_s, '+inf')
+  if live > 1 then
+    count = math.max(own, math.min(count, math.ceil(redis.call('LLEN', READY) / live)))
+  end
 end
 
 local out = {'', '', #due, reclaimed, 0, paused}

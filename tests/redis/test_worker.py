@@ -481,7 +481,7 @@ def test_a_graceful_stop_gives_back_a_large_adaptive_buffer_without_spending_att
     for start in range(0, n, 1000):
         queue.submit_many("short", [(i,) for i in range(start, start + 1000)])
     worker.start()
-    eventually(lambda: max(counts, default=0) > 100, what="the buffer to grow past 100 jobs")
+    eventually(lambda: max(counts, default=0) > 2 * 2 + 2, what="the buffer to grow past the fixed default")
     report = worker.stop()
     assert report.graceful and report.abandoned == 0 and report.unflushed == 0
     assert report.put_back > 0  # the fetched but unstarted part of the buffer

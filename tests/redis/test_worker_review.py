@@ -1,0 +1,236 @@
+"""Review of the Redis worker's throughput changes (adaptive prefetch up to 2000, lingering
+flusher, ...): each test here fails on the reviewed code because of the bug it names."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from engine import FakeClock, RetryPolicy, TaskRegistry
+from engine.brokers.redis import RedisQueue
+from engine.fleet import FleetView
+from engine.redis_worker import RedisWorker, socket_timeout_for
+from tests.redis.conftest import WAIT_S, eventually
+
+WALL = 1_700_000_000.0
+
+MakeWorker = Callable[..., tuple[RedisWorker, RedisQueue]]
+
+
+@pytest.fixture
+def make_worker(redis_url: str, prefix: str) -> Iterator[MakeWorker]:
+    """Workers with short intervals and the default (adaptive) prefetch; all stopped after the test."""
+    made: list[tuple[RedisWorker, RedisQueue]] = []
+
+    def make(tasks: TaskRegistry, *, clock: Any = None, **options: Any) -> tuple[RedisWorker, RedisQueue]:
+        settings: dict[str, Any] = dict(min_workers=2, max_workers=2, autoscale=False, lease_s=5.0,
+                                        heartbeat_s=0.1, poll_s=0.1, log_interval_s=0,
+                                        retry=RetryPolicy(base_s=0.001, cap_s=0.01), clock=clock)
+        settings.update(options)
+        queue = RedisQueue(redis_url, prefix=prefix, max_retries=0, clock=clock,
+                           socket_timeout_s=socket_timeout_for(settings["lease_s"], settings["heartbeat_s"]))
+        worker = RedisWorker(queue, tasks, **settings)
+        made.append((worker, queue))
+        return worker, queue
+
+    yield make
+    for worker, queue in made:
+        worker.stop(graceful=False, timeout_s=5)
+        queue.close()
+
+
+def _drained(queue: RedisQueue, finished: int) -> Callable[[], bool]:
+    def check() -> bool:
+        snap = FleetView(queue).snapshot()
+        c = snap.counters
+        return c.succeeded + c.dead_lettered >= finished and snap.unfinished == 0
+    return check
+
+
+class SlowJobs:
+    """Slow jobs: each records which thread ran it, then blocks until the gate opens."""
+
+    def __init__(self, tasks: TaskRegistry) -> None:
+        self.gate = threading.Event()
+        self.lock = threading.Condition()
+        self.ran_by: dict[int, str] = {}
+
+        @tasks.task("slow")
+        def slow(i: int) -> None:
+            with self.lock:
+                self.ran_by[i] = threading.current_thread().name
+                self.lock.notify_all()
+            self.gate.wait(WAIT_S)
+
+    def started(self, n: int) -> None:
+        with self.lock:
+            if not self.lock.wait_for(lambda: len(self.ran_by) >= n, WAIT_S):
+                pytest.fail(f"only {len(self.ran_by)} of {n} slow jobs started")
+
+    def by(self, prefix: str) -> list[int]:
+        with self.lock:
+            return sorted(i for i, name in self.ran_by.items() if name.startswith(prefix))
+
+
+def _spike_the_rate(kind: str, worker: RedisWorker, queue: RedisQueue, clock: FakeClock) -> None:
+    """200 jobs that end at once (no-ops, or jobs dead-lettered for an unknown task), then 10 ms
+    of fake time: the worker's next rate sample says 20,000 jobs/s, i.e. a buffer of 1000."""
+    if kind == "no-op":
+        queue.submit_many("fast", [() for _ in range(200)])
+    else:  # not run at all: dead-lettered when fetched, yet counted as completions
+        queue.submit_many("not-registered-here", [() for _ in range(200)])
+    worker.start()
+    eventually(_drained(queue, 200), what="the 200 quick jobs to end")
+    clock.advance(0.01)
+
+
+@pytest.mark.parametrize("burst", ["no-op", "unknown-task"])
+def test_after_a_burst_of_quick_jobs_one_process_hoards_the_slow_jobs_behind_it(
+    make_worker: MakeWorker, burst: str
+) -> None:
+    """Adaptive prefetch sizes the buffer from the *past* completion rate ("up at once, down
+    gently"). A burst of quick jobs (or of jobs dead-lettered without running: an unknown task)
+    makes the next fetch take up to 2000 jobs, whatever they are. Slow jobs queued behind the
+    burst then all sit in one process's local buffer, behind its 2 threads, while a second
+    process finds the queue empty and idles. Documented: "for jobs of 25 ms or more it stays
+    2 * max_workers" and "a prefetched job still waits in this process for about that window
+    [50 ms] at most"; with a fixed prefetch of 2 * max_workers (the old default) B gets 94 jobs."""
+    clock = FakeClock(start=100.0, wall_start=WALL, max_real_wait_s=0.05)
+    tasks = TaskRegistry()
+
+    @tasks.task("fast")
+    def fast() -> None:
+        pass
+
+    slow = SlowJobs(tasks)
+    a, queue = make_worker(tasks, clock=clock, name="A")
+    b, _ = make_worker(tasks, clock=clock, name="B")
+    try:
+        _spike_the_rate(burst, a, queue, clock)
+        queue.submit_many("slow", [(i,) for i in range(100)])
+        slow.started(2)  # A's two threads are busy with slow jobs
+        b.start()
+        # B is idle and 98 slow jobs are waiting: it must get some of them.
+        eventually(lambda: slow.by("B"), timeout_s=3.0,
+                   what=f"idle worker B to run any slow job (A holds {a.status().leased} leases)")
+    finally:
+        slow.gate.set()
+
+
+def test_pause_does_not_stop_a_hoarded_buffer_from_starting(make_worker: MakeWorker) -> None:
+    """The fleet's pause ("no worker fetches; running jobs finish") must also stop the local
+    buffer from starting, within a heartbeat. With the adaptive buffer grown by a burst
+    (see above) that is up to 2000 jobs started after the pause, not the 2 * max_workers the
+    old default allowed."""
+    clock = FakeClock(start=100.0, wall_start=WALL, max_real_wait_s=0.05)
+    tasks = TaskRegistry()
+
+    @tasks.task("fast")
+    def fast() -> None:
+        pass
+
+    slow = SlowJobs(tasks)
+    a, queue = make_worker(tasks, clock=clock, name="A")
+    try:
+        _spike_the_rate("no-op", a, queue, clock)
+        queue.submit_many("slow", [(i,) for i in range(60)])
+        slow.started(2)
+        queue.set_paused(True)
+        eventually(lambda: FleetView(queue).snapshot().state.value == "paused", what="the pause")
+        with slow.lock:
+            before = len(slow.ran_by)
+        clock.advance(1.0)  # the worker learns of the pause within a heartbeat: its buffer goes back
+        eventually(lambda: a.status().leased <= 2, what="A to give its buffer back")
+        slow.gate.set()
+        # Jobs drain: those started after the pause are the buffered ones.
+        eventually(lambda: a.status().leased == 0 or len(slow.ran_by) >= 60, what="A's buffer to drain")
+        eventually(lambda: a.status().outbox == 0, what="A's outcomes to be flushed")
+        started_after_pause = len(slow.ran_by) - before
+        assert started_after_pause <= 2 * 2, (
+            f"{started_after_pause} jobs started after the fleet was paused (buffer of the old default: 4)")
+    finally:
+        slow.gate.set()
+        queue.set_paused(False)
+
+
+def test_buffered_jobs_whose_lease_was_lost_are_still_run(
+    make_worker: MakeWorker, raw: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The heartbeat learns which leases this process no longer holds (they expired while it
+    could not reach Redis, or it was suspended, and other workers took the jobs), logs "they run
+    again elsewhere"... and still runs every one of them that was only buffered. With a buffer
+    of up to 2000 jobs, a process back from a partition or a pause longer than lease_s runs up
+    to 2000 jobs a second time although it knows, before starting them, that it must not."""
+    clock = FakeClock(start=100.0, wall_start=WALL, max_real_wait_s=0.05)
+    tasks = TaskRegistry()
+
+    @tasks.task("fast")
+    def fast() -> None:
+        pass
+
+    slow = SlowJobs(tasks)
+    a, queue = make_worker(tasks, clock=clock, name="A")
+    try:
+        _spike_the_rate("no-op", a, queue, clock)
+        ids = queue.submit_many("slow", [(i,) for i in range(40)])
+        slow.started(2)
+        eventually(lambda: a.status().leased == 40, what="A to hold all 40 slow jobs")
+        with slow.lock:
+            running = set(slow.ran_by)
+        # Another worker took the buffered jobs over (what lease_lost + a fetch elsewhere do).
+        for i, job_id in enumerate(ids):
+            if i not in running:
+                raw.hset(f"{queue.base}job:{job_id}", "l", "999999999")
+        caplog.set_level("WARNING", logger="engine.redis")
+        clock.advance(0.2)  # the next heartbeat
+        eventually(lambda: "lost the lease of 38 jobs" in caplog.text, what="A's heartbeat to see 38 leases lost")
+        slow.gate.set()
+        eventually(lambda: a.status().leased == 0, what="A to finish")
+        with slow.lock:
+            ran_again = sorted(set(slow.ran_by) - running)
+        assert ran_again == [], f"A ran {len(ran_again)} jobs whose lease it knew it had lost"
+    finally:
+        slow.gate.set()
+
+
+def test_a_large_result_wedges_the_flusher_and_every_outcome_behind_it(private_redis: Any) -> None:
+    """Every job's return value now travels in the settle batch (encode_result, sent even when
+    nobody waits for a reply), with no bound on its size nor on the batch's bytes. A batch that
+    Redis refuses (here: bigger than proto-max-bulk-len, 512 MB by default, lowered to 1 MB to keep
+    the test small; 1000 outcomes of 600 KB reach the default) is retried unchanged for ever: the
+    outcomes behind it are never recorded, and the heartbeat keeps renewing their leases, so
+    nobody else runs them either. The process stays up, reports Redis as unavailable, and keeps
+    fetching (capacity frees at decision time, not at flush), so it swallows the queue."""
+    import redis as redis_py
+
+    admin = redis_py.Redis.from_url(private_redis.url)
+    admin.config_set("proto-max-bulk-len", 1024 * 1024)
+    admin.close()
+    tasks = TaskRegistry()
+
+    @tasks.task("big")
+    def big() -> str:
+        return "x" * (1024 * 1024 + 1)
+
+    @tasks.task("small")
+    def small() -> int:
+        return 1
+
+    queue = RedisQueue(private_redis.url, prefix="review", max_retries=0,
+                       socket_timeout_s=socket_timeout_for(5.0, 0.1))
+    worker = RedisWorker(queue, tasks, min_workers=1, max_workers=1, autoscale=False, lease_s=5.0,
+                         heartbeat_s=0.1, poll_s=0.1, log_interval_s=0, stop_redis_timeout_s=0.5)
+    try:
+        queue.submit("big")
+        queue.submit_many("small", [() for _ in range(5)])
+        worker.start()
+        # Whatever becomes of the big result (refused, truncated, reported as unencodable),
+        # the other five jobs must end.
+        eventually(lambda: queue.counters().get("succeeded", 0) >= 5, timeout_s=3.0,
+                   what="the small jobs to be recorded (the flusher resends the refused batch for ever)")
+    finally:
+        worker.stop(graceful=False, timeout_s=2)
+        queue.close()
