@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -25,34 +25,9 @@ from engine import (
 from engine.brokers.redis import RedisQueue
 from engine.fleet import FleetView
 from engine.redis_worker import RedisWorker, socket_timeout_for
-from tests.redis.conftest import WAIT_S, eventually
+from tests.redis.conftest import WAIT_S, MakeWorker, eventually
 
 WALL = 1_700_000_000.0
-
-MakeWorker = Callable[..., tuple[RedisWorker, RedisQueue]]
-
-
-@pytest.fixture
-def make_worker(redis_url: str, prefix: str) -> Iterator[MakeWorker]:
-    """Workers with short intervals; every one is stopped (forcefully) after the test."""
-    made: list[tuple[RedisWorker, RedisQueue]] = []
-
-    def make(tasks: TaskRegistry, *, max_retries: int = 3, clock: Any = None, **options: Any) -> tuple[RedisWorker, RedisQueue]:
-        settings: dict[str, Any] = dict(min_workers=2, max_workers=2, autoscale=False, lease_s=5.0,
-                                        heartbeat_s=0.1, poll_s=0.1, log_interval_s=0,
-                                        retry=RetryPolicy(base_s=0.001, cap_s=0.01), clock=clock)
-        settings.update(options)
-        queue = RedisQueue(redis_url, prefix=prefix, max_retries=max_retries, clock=clock,
-                           socket_timeout_s=socket_timeout_for(settings["lease_s"], settings["heartbeat_s"]))
-        worker = RedisWorker(queue, tasks, **settings)
-        made.append((worker, queue))
-        return worker, queue
-
-    yield make
-    for worker, queue in made:
-        worker.stop(graceful=False, timeout_s=5)
-        queue.close()
-
 
 class Gate:
     """Jobs that block until opened; the test can wait until n of them have started."""

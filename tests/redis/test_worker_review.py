@@ -3,43 +3,25 @@ flusher, ...): each test here fails on the reviewed code because of the bug it n
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from engine import FakeClock, RetryPolicy, TaskRegistry
+from engine import FakeClock, TaskRegistry
 from engine.brokers.redis import RedisQueue
 from engine.fleet import FleetView
 from engine.redis_worker import RedisWorker, socket_timeout_for
-from tests.redis.conftest import WAIT_S, eventually
+from tests.redis.conftest import WAIT_S, MakeWorker, eventually
 
 WALL = 1_700_000_000.0
 
-MakeWorker = Callable[..., tuple[RedisWorker, RedisQueue]]
-
-
 @pytest.fixture
-def make_worker(redis_url: str, prefix: str) -> Iterator[MakeWorker]:
-    """Workers with short intervals and the default (adaptive) prefetch; all stopped after the test."""
-    made: list[tuple[RedisWorker, RedisQueue]] = []
-
-    def make(tasks: TaskRegistry, *, clock: Any = None, **options: Any) -> tuple[RedisWorker, RedisQueue]:
-        settings: dict[str, Any] = dict(min_workers=2, max_workers=2, autoscale=False, lease_s=5.0,
-                                        heartbeat_s=0.1, poll_s=0.1, log_interval_s=0,
-                                        retry=RetryPolicy(base_s=0.001, cap_s=0.01), clock=clock)
-        settings.update(options)
-        queue = RedisQueue(redis_url, prefix=prefix, max_retries=0, clock=clock,
-                           socket_timeout_s=socket_timeout_for(settings["lease_s"], settings["heartbeat_s"]))
-        worker = RedisWorker(queue, tasks, **settings)
-        made.append((worker, queue))
-        return worker, queue
-
-    yield make
-    for worker, queue in made:
-        worker.stop(graceful=False, timeout_s=5)
-        queue.close()
+def make_worker(make_worker: MakeWorker) -> MakeWorker:
+    """The conftest's workers (short intervals, the default adaptive prefetch), jobs with no retries."""
+    return functools.partial(make_worker, max_retries=0)
 
 
 def _drained(queue: RedisQueue, finished: int) -> Callable[[], bool]:
