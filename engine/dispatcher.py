@@ -204,22 +204,11 @@ class Dispatcher(Executor):
         logger: logging.Logger | None = None,
         **unknown: object,
     ) -> None:
-        if unknown:
-            names = sorted(unknown)
-            hints = [difflib.get_close_matches(u, _OPTIONS, n=1) for u in names]
-            hint = "".join(f" (did you mean {h[0]!r}?)" for h in hints if h)
-            raise ConfigError(
-                f"unknown Dispatcher option(s) {', '.join(map(repr, names))}{hint}; "
-                f"allowed: {', '.join(_OPTIONS)}"
-            )
-
+        _refuse_unknown(unknown)
         if max_workers is None:
             max_workers = max(min_workers, min(32, (os.cpu_count() or 1) + 4))
         _check_limits(min_workers, max_workers)
-        if retry is None:
-            retry = RetryPolicy()
-        elif not isinstance(retry, RetryPolicy):
-            raise ConfigError(f"retry must be a RetryPolicy; got {retry!r}")
+        retry, clock, rng = _defaults(retry, clock, rng)
         if autoscale is True:
             autoscale = AutoscalePolicy()
         elif autoscale is False:
@@ -241,14 +230,6 @@ class Dispatcher(Executor):
             raise ConfigError(f"broker must be an engine.brokers.Broker; got {broker!r}")
         elif dlq_max is not None:
             raise ConfigError("dlq_max is a MemoryBroker setting; pass it to the broker you give")
-        if clock is None:
-            clock = RealClock()
-        elif not isinstance(clock, Clock):
-            raise ConfigError(f"clock must implement engine.Clock (monotonic, time, wait); got {clock!r}")
-        if rng is None:
-            rng = random.Random()
-        elif not isinstance(rng, random.Random):
-            raise ConfigError(f"rng must be a random.Random; got {rng!r}")
 
         self._retry = retry
         self._autoscale = autoscale
@@ -1540,6 +1521,36 @@ def _check_limits(min_workers: object, max_workers: object) -> None:
         raise ConfigError(f"max_workers must be an int >= 1; got {max_workers!r}")
     if min_workers > max_workers:  # type: ignore[operator]
         raise ConfigError(f"min_workers ({min_workers}) must not exceed max_workers ({max_workers})")
+
+
+def _refuse_unknown(unknown: Mapping[str, object]) -> None:
+    """Raise ConfigError for options ``Dispatcher`` does not take, with the nearest allowed one."""
+    if unknown:
+        names = sorted(unknown)
+        hints = [difflib.get_close_matches(u, _OPTIONS, n=1) for u in names]
+        hint = "".join(f" (did you mean {h[0]!r}?)" for h in hints if h)
+        raise ConfigError(
+            f"unknown Dispatcher option(s) {', '.join(map(repr, names))}{hint}; allowed: {', '.join(_OPTIONS)}"
+        )
+
+
+def _defaults(
+    retry: object, clock: object, rng: object
+) -> tuple[RetryPolicy, Clock, random.Random]:
+    """The retry policy, clock and rng a dispatcher uses: the defaults for ``None``, checked otherwise."""
+    if retry is None:
+        retry = RetryPolicy()
+    elif not isinstance(retry, RetryPolicy):
+        raise ConfigError(f"retry must be a RetryPolicy; got {retry!r}")
+    if clock is None:
+        clock = RealClock()
+    elif not isinstance(clock, Clock):
+        raise ConfigError(f"clock must implement engine.Clock (monotonic, time, wait); got {clock!r}")
+    if rng is None:
+        rng = random.Random()
+    elif not isinstance(rng, random.Random):
+        raise ConfigError(f"rng must be a random.Random; got {rng!r}")
+    return retry, clock, rng
 
 
 def _check_timeout(name: str, value: object) -> None:

@@ -48,20 +48,26 @@ import dataclasses
 import itertools
 import json
 import logging
-import math
 import random
 import re
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED
 from typing import Any
 
-from engine.brokers.redis import RedisBroker, RedisQueue
+from engine.brokers.redis import RedisBroker, RedisQueue, _text_field
 from engine.clock import Clock, RealClock
-from engine.dispatcher import _OPTIONS, Dispatcher, ShutdownReport, _live_dispatchers
+from engine.dispatcher import (
+    Dispatcher,
+    ShutdownReport,
+    _check_timeout,
+    _defaults,
+    _is_number,
+    _live_dispatchers,
+    _refuse_unknown,
+)
 from engine.errors import (
     BrokerUnavailable,
     ConfigError,
@@ -91,6 +97,7 @@ log = logging.getLogger("engine.redis")
 
 _EARLY_KEPT = 10_000  # replies that arrived before their submit returned, kept at most
 _RECENT_KEPT = 10_000  # ids of completed handles remembered, to drop a reply read twice
+_REAL_CLOCK = RealClock()  # join() waits in real seconds, like Future.result
 _CALLBACK_THREADS = 4  # threads that run done-callbacks (each handle's on one of them)
 _RECONNECT_BASE_S = 0.05
 _RECONNECT_CAP_S = 5.0
@@ -139,9 +146,7 @@ class RedisDispatcher(Dispatcher):
         **unknown: object,
     ) -> None:
         # Dispatcher.__init__ is not called: this class shares the API, not the machinery.
-        if unknown:
-            raise ConfigError(f"unknown Dispatcher option(s) {', '.join(map(repr, sorted(unknown)))}; "
-                              f"allowed: {', '.join(_OPTIONS)}")
+        _refuse_unknown(unknown)
         if not isinstance(broker, RedisBroker):
             raise ConfigError(f"broker must be a RedisBroker; got {broker!r}")
         if max_queue is not None:
@@ -153,23 +158,8 @@ class RedisDispatcher(Dispatcher):
                 "a Dispatcher on a RedisBroker needs tasks=TaskRegistry(...): only registered tasks cross "
                 f"to other processes; got {tasks!r}"
             )
-        if retry is None:
-            retry = RetryPolicy()
-        elif not isinstance(retry, RetryPolicy):
-            raise ConfigError(f"retry must be a RetryPolicy; got {retry!r}")
-        if default_timeout_s is not None and (
-            not isinstance(default_timeout_s, (int, float)) or isinstance(default_timeout_s, bool)
-            or not 0 < default_timeout_s < math.inf
-        ):
-            raise ConfigError(f"default_timeout_s must be None or a number > 0; got {default_timeout_s!r}")
-        if clock is None:
-            clock = RealClock()
-        elif not isinstance(clock, Clock):
-            raise ConfigError(f"clock must implement engine.Clock (monotonic, time, wait); got {clock!r}")
-        if rng is None:
-            rng = random.Random()
-        elif not isinstance(rng, random.Random):
-            raise ConfigError(f"rng must be a random.Random; got {rng!r}")
+        retry, clock, rng = _defaults(retry, clock, rng)
+        _check_timeout("default_timeout_s", default_timeout_s)
 
         self._retry = retry
         self._default_timeout_s = default_timeout_s
@@ -474,19 +464,19 @@ class RedisDispatcher(Dispatcher):
         if kind == "unencodable":
             handle._job_state = JobState.SUCCEEDED
             return FINISHED, None, TypeError(
-                f"job {handle.id} ({handle.name}) succeeded, but {_text(body)}; a job on Redis must return JSON")
+                f"job {handle.id} ({handle.name}) succeeded, but {_text_field(body)}; a job on Redis must return JSON")
         if kind == "cancelled":
             handle._job_state = JobState.CANCELLED
             return CANCELLED_AND_NOTIFIED, None, None
         handle._job_state = JobState.DEAD_LETTERED
         if kind == "dead" and isinstance(body, dict):
             return FINISHED, None, RemoteJobError(
-                handle.id, _text(body.get("exc_type", "?")), _text(body.get("exc_message", "")),
-                remote_traceback=_text(body.get("traceback", "")), attempts=attempts,
-                reason=_text(body.get("reason", "")),
+                handle.id, _text_field(body.get("exc_type", "?")), _text_field(body.get("exc_message", "")),
+                remote_traceback=_text_field(body.get("traceback", "")), attempts=attempts,
+                reason=_text_field(body.get("reason", "")),
             )
         return FINISHED, None, RemoteJobError(
-            handle.id, "?", f"unreadable reply (kind {_text(kind)!r}): {_text(body)[:80]}", attempts=attempts,
+            handle.id, "?", f"unreadable reply (kind {_text_field(kind)!r}): {_text_field(body)[:80]}", attempts=attempts,
             reason="the fleet's reply could not be read")
 
     def _deliver(self, outcomes: list[tuple[_RedisHandle, str, Any, BaseException | None]]) -> None:
@@ -678,24 +668,18 @@ class RedisDispatcher(Dispatcher):
         Returns:
             True if they all ended, False on timeout.
         """
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        with self._lock:
-            while self._pending or self._delivering:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._settled.wait(remaining)
-            return True
+        return self._drained(timeout_s, _REAL_CLOCK, stop_on_escalate=False)
 
-    def _drained(self, timeout_s: float | None) -> bool:
-        """Like :meth:`join`, with ``timeout_s`` on the injected clock (a shutdown's timeout is)."""
+    def _drained(self, timeout_s: float | None, clock: Clock, *, stop_on_escalate: bool = True) -> bool:
+        """Wait, timing ``timeout_s`` on ``clock``, until no handle is pending or being completed;
+        a shutdown (the injected clock) also stops when a forceful one is asked for."""
         with self._lock:
-            deadline = None if timeout_s is None else self._clock.monotonic() + timeout_s
+            deadline = None if timeout_s is None else clock.monotonic() + timeout_s
             while self._pending or self._delivering:
-                remaining = None if deadline is None else deadline - self._clock.monotonic()
-                if (remaining is not None and remaining <= 0) or self._escalate:
+                remaining = None if deadline is None else deadline - clock.monotonic()
+                if (remaining is not None and remaining <= 0) or (stop_on_escalate and self._escalate):
                     return False
-                self._clock.wait(self._settled, remaining)
+                clock.wait(self._settled, remaining)
             return True
 
     def shutdown(  # type: ignore[override]
@@ -714,7 +698,7 @@ class RedisDispatcher(Dispatcher):
         Jobs still queued or running elsewhere at the end stay in Redis; their handles raise
         :class:`DispatcherClosed` and the report lists them as ``abandoned``.
         """
-        if timeout_s is not None and (not isinstance(timeout_s, (int, float)) or timeout_s < 0):
+        if timeout_s is not None and (not _is_number(timeout_s) or timeout_s < 0):
             raise ConfigError(f"timeout_s must be None or a number >= 0; got {timeout_s!r}")
         if wait and current_redis_job() is not None and not cancel_futures:
             raise RuntimeError(
@@ -742,7 +726,7 @@ class RedisDispatcher(Dispatcher):
                     return self._report
             started = self._clock.monotonic()
             escalated = False
-            if wait_for_jobs and not forceful and not self._drained(timeout_s):
+            if wait_for_jobs and not forceful and not self._drained(timeout_s, self._clock):
                 escalated = forceful = True
             cancelled: list[JobHandle] = []
             if forceful:
@@ -854,9 +838,3 @@ def _parse_reply(text: str) -> list[Any] | None:
     if head is None:
         return None
     return [int(head.group(1)), int(head.group(2)), "?", 0, text[head.end():]]
-
-
-def _text(value: Any) -> str:
-    """Printable text from a reply field (lone surrogates from JSON escapes become U+FFFD)."""
-    text = value if isinstance(value, str) else repr(value)
-    return text.encode("utf-8", "replace").decode("utf-8")

@@ -54,9 +54,10 @@ from engine.brokers.redis import (
     dead_letter_entry,
     decode_payload,
     encode_result,
+    socket_timeout_for,
 )
 from engine.clock import Clock, RealClock
-from engine.dispatcher import Dispatcher
+from engine.dispatcher import Dispatcher, _qualname
 from engine.errors import (
     BrokerUnavailable,
     ConfigError,
@@ -85,13 +86,6 @@ _RATE_SAMPLE_S = 0.05  # the shortest interval over which the completion rate is
 _RECONNECT_BASE_S = 0.1
 _RECONNECT_CAP_S = 5.0
 _STILL_DOWN_LOG_S = 30.0
-
-
-def socket_timeout_for(lease_s: float, heartbeat_s: float) -> float:
-    """The Redis socket timeout a worker with these intervals should use: at most 5 s, and
-    short enough that a heartbeat which waits a full timeout, twice, still renews its leases
-    in time (``heartbeat_s + 2 * socket_timeout_s <= lease_s``). Thread-safe (pure)."""
-    return min(5.0, (lease_s - heartbeat_s) / 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1093,11 +1087,6 @@ class RedisWorker:
             if not self.stop_requested.is_set():
                 log.warning("worker %s: the fleet asked for a %s stop", self.worker_id, mode)
             self.stop_requested.set()
-
-
-def _qualname(cls: type) -> str:
-    module = cls.__module__
-    return cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
 
 
 def _safe_str(exc: BaseException) -> str:

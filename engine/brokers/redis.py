@@ -84,6 +84,7 @@ __all__ = [
     "encode_payload",
     "decode_payload",
     "check_worker_settings",
+    "socket_timeout_for",
     "dead_letter_entry",
     "encode_result",
     "redact_url",
@@ -634,6 +635,11 @@ class RedisQueue:
             return BrokerUnavailable(f"Redis at {self.url} is unavailable: {exc}")
         return BrokerUnavailable(f"Redis at {self.url} failed a command: {type(exc).__name__}: {exc}")
 
+    def _blocking_timeout(self, timeout_s: float) -> float:
+        """``timeout_s`` for a blocking command, shortened so the server's answer after it still
+        arrives within the socket timeout."""
+        return max(0.01, min(float(timeout_s), self.socket_timeout_s - min(0.5, self.socket_timeout_s / 2)))
+
     def ping(self) -> None:
         """Check that Redis answers. Thread-safe.
 
@@ -800,9 +806,7 @@ class RedisQueue:
         Raises:
             BrokerUnavailable: Redis cannot be reached.
         """
-        # The server answers after timeout_s: leave the socket timeout room for the reply.
-        margin = min(0.5, self.socket_timeout_s / 2)
-        timeout_s = max(0.01, min(float(timeout_s), self.socket_timeout_s - margin))
+        timeout_s = self._blocking_timeout(timeout_s)
         keys = [self.base + "wake"]
         if worker_id is not None:
             keys.append(self.base + "wake:" + worker_id)
@@ -1223,8 +1227,7 @@ class RedisQueue:
         Raises:
             BrokerUnavailable: Redis cannot be reached.
         """
-        # The server answers after timeout_s: leave the socket timeout room for the reply.
-        timeout_s = max(0.01, min(float(timeout_s), self.socket_timeout_s - min(0.5, self.socket_timeout_s / 2)))
+        timeout_s = self._blocking_timeout(timeout_s)
         try:
             head = self._redis.execute_command(  # type: ignore[no-untyped-call]
                 "LRANGE", reply_to, 0, count - 1, NEVER_DECODE=True)
@@ -1285,6 +1288,13 @@ class RedisQueue:
         except redis.exceptions.RedisError as exc:
             raise self._unavailable(exc) from exc
         return deleted
+
+
+def socket_timeout_for(lease_s: float, heartbeat_s: float) -> float:
+    """The Redis socket timeout a worker with these intervals should use: at most 5 s, and
+    short enough that a heartbeat which waits a full timeout, twice, still renews its leases
+    in time (``heartbeat_s + 2 * socket_timeout_s <= lease_s``). Thread-safe (pure)."""
+    return min(5.0, (lease_s - heartbeat_s) / 2)
 
 
 def check_worker_settings(*, lease_s: object, heartbeat_s: object, prefetch: object, **positive: object) -> None:
@@ -1370,8 +1380,7 @@ class RedisBroker(SharedBroker):
         return RedisQueue(
             self.url, queue=self.queue_name, prefix=self.prefix, clock=clock, dlq_max=self.dlq_max,
             connect_timeout_s=self.connect_timeout_s,
-            # A heartbeat that waits a full socket timeout, twice, must still renew in time.
-            socket_timeout_s=min(5.0, (self.lease_s - self.heartbeat_s) / 2),
+            socket_timeout_s=socket_timeout_for(self.lease_s, self.heartbeat_s),
         )
 
     def dispatcher_class(self) -> type:
