@@ -82,7 +82,6 @@ from engine.jobs import (
     JobState,
     TaskRegistry,
     _invoke_callback,
-    check_json_args,
 )
 from engine.metrics import DeadLetter, EngineState, Snapshot
 from engine.policy.autoscale import AutoscalePolicy
@@ -243,15 +242,11 @@ class RedisDispatcher(Dispatcher):
     def _send(
         self, task: str, arg_tuples: list[tuple[Any, ...]], kwargs: Mapping[str, Any] | None, options: JobOptions,
     ) -> list[JobHandle]:
-        if self._tasks is not None:
-            self._tasks.get(task)  # raises UnknownTask, naming the registered ones
-        for args in arg_tuples:
-            check_json_args(task, args, kwargs)  # raises ConfigError naming the argument
+        fn = self._tasks.get(task) if self._tasks is not None else None  # raises UnknownTask, naming the known ones
         with self._lock:
             if self._closed:
                 raise DispatcherClosed("the dispatcher is shut down and takes no new jobs")
             self._sending += 1
-        fn = self._tasks.get(task) if self._tasks is not None else None
         label = options.name or task
         copied = dict(kwargs) if kwargs else None
         handles: list[JobHandle] = []
@@ -263,7 +258,7 @@ class RedisDispatcher(Dispatcher):
             handles.extend(chunk)
             self._track(chunk)
 
-        try:
+        try:  # submit_many checks every argument (ConfigError, naming it) before it sends anything
             self._queue.submit_many(
                 task, arg_tuples, kwargs=kwargs, name=options.name, max_retries=options.retry.max_retries,
                 timeout_s=options.timeout_s, reply_to=self._reply_to, life=0, on_chunk=track,
