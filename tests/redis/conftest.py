@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 import redis
 
-from engine import FakeClock, RetryPolicy, TaskRegistry
-from engine.brokers.redis import RedisQueue
+from engine import Dispatcher, FakeClock, RetryPolicy, TaskRegistry
+from engine.brokers.redis import RedisBroker, RedisQueue
+from engine.redis_dispatcher import RedisDispatcher
 from engine.redis_worker import RedisWorker, socket_timeout_for
 from tests.redis_support import prefix, redis_url
 from tests.waiting import wait_until
@@ -159,3 +160,28 @@ def make_worker(redis_url: str, prefix: str) -> Iterator[MakeWorker]:
     for worker, queue in made:
         worker.stop(graceful=False, timeout_s=5)
         queue.close()
+
+
+MakeDispatcher = Callable[..., RedisDispatcher]
+
+
+@pytest.fixture
+def make_dispatcher(request: pytest.FixtureRequest, redis_url: str, prefix: str) -> Iterator[MakeDispatcher]:
+    """Dispatchers on Redis under the test's prefix, with short polls, running the test module's
+    ``tasks`` by default; ``broker_options`` go to the RedisBroker. All are stopped (forcefully)."""
+    made: list[RedisDispatcher] = []
+
+    def make(broker_options: dict[str, Any] | None = None, **options: Any) -> RedisDispatcher:
+        opts = {"poll_s": 0.05, "heartbeat_s": 0.1, **(broker_options or {})}
+        broker = RedisBroker(redis_url, prefix=prefix, **opts)
+        options.setdefault("tasks", request.module.tasks)
+        options.setdefault("log_interval_s", 0)
+        options.setdefault("autoscale", False)
+        d = Dispatcher(broker=broker, **options)
+        assert isinstance(d, RedisDispatcher)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        d.shutdown(cancel_futures=True)

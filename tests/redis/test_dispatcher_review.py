@@ -10,23 +10,22 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 
-from engine import Dispatcher, DispatcherClosed, RemoteJobError, TaskRegistry
+from engine import DispatcherClosed, RemoteJobError, TaskRegistry
 from engine.brokers.redis import (
     BrokerUnavailable,
     Outcome,
-    RedisBroker,
     RedisQueue,
     dead_letter_entry,
     encode_result,
 )
 from engine.redis_dispatcher import RedisDispatcher
-from tests.redis.conftest import eventually
+from tests.redis.conftest import MakeDispatcher, eventually
 
 SHORT_S = 3.0  # how long a handle may take to end before we call it hung
 
@@ -55,27 +54,6 @@ def broken_mapping() -> dict[str, int]:
     return _BrokenItems(a=1)
 
 
-MakeDispatcher = Callable[..., RedisDispatcher]
-
-
-@pytest.fixture
-def make_dispatcher(redis_url: str, prefix: str) -> Iterator[MakeDispatcher]:
-    made: list[RedisDispatcher] = []
-
-    def make(broker_options: dict[str, Any] | None = None, **options: Any) -> RedisDispatcher:
-        opts = {"poll_s": 0.05, "heartbeat_s": 0.1, **(broker_options or {})}
-        broker = RedisBroker(redis_url, prefix=prefix, **opts)
-        options.setdefault("tasks", tasks)
-        options.setdefault("log_interval_s", 0)
-        options.setdefault("autoscale", False)
-        d = Dispatcher(broker=broker, **options)
-        assert isinstance(d, RedisDispatcher)
-        made.append(d)
-        return d
-
-    yield make
-    for d in made:
-        d.shutdown(cancel_futures=True)
 
 
 @pytest.fixture

@@ -30,9 +30,8 @@ from engine import (
     UnknownTask,
 )
 from engine.brokers.redis import RedisBroker, RedisQueue
-from engine.redis_dispatcher import RedisDispatcher
 from engine.redis_worker import RedisWorker
-from tests.redis.conftest import WAIT_S, RedisServer, eventually
+from tests.redis.conftest import WAIT_S, MakeDispatcher, RedisServer, eventually
 
 tasks = TaskRegistry()
 
@@ -83,28 +82,11 @@ def _reset() -> Iterator[None]:
     _gate.set()  # never leave a worker blocked
 
 
-MakeDispatcher = Callable[..., RedisDispatcher]
-
-
 @pytest.fixture
-def make_dispatcher(redis_url: str, prefix: str) -> Iterator[MakeDispatcher]:
-    made: list[Dispatcher] = []
-
-    def make(**options: Any) -> RedisDispatcher:
-        broker = RedisBroker(redis_url, prefix=prefix, poll_s=0.05, heartbeat_s=0.1,
-                             dlq_max=options.pop("dlq_max", None))
-        options.setdefault("tasks", tasks)
-        options.setdefault("log_interval_s", 0)
-        options.setdefault("autoscale", False)
-        d = Dispatcher(broker=broker, **options)
-        assert isinstance(d, RedisDispatcher)
-        made.append(d)
-        return d
-
-    yield make
+def make_dispatcher(make_dispatcher: MakeDispatcher) -> Iterator[MakeDispatcher]:
+    """The conftest's dispatchers (this module's tasks), with the gate opened before they stop."""
+    yield make_dispatcher
     _gate.set()
-    for d in made:
-        d.shutdown(cancel_futures=True)
 
 
 @pytest.fixture
