@@ -1,9 +1,10 @@
 """Review of the Redis dispatcher (engine/redis_dispatcher.py) and its broker plumbing.
 
-Each test here reproduces one bug found in review and fails on the code as reviewed. Where a
-race needs a precise interleaving, it is forced by wrapping a RedisQueue method *on the
-dispatcher's own instance* (never by sleeping), or by playing a fleet member by hand with a
-plain RedisQueue (fetch + settle), so every test is deterministic and every wait is bounded.
+Each test here reproduces one bug found in review: it failed on the code as reviewed, and now
+checks the fixed behaviour. Where a race needs a precise interleaving, it is forced by wrapping a
+RedisQueue method *on the dispatcher's own instance* (never by sleeping), or by playing a fleet
+member by hand with a plain RedisQueue (fetch + settle), so every test is deterministic and every
+wait is bounded.
 """
 
 from __future__ import annotations

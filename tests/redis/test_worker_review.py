@@ -1,5 +1,6 @@
-"""Review of the Redis worker's throughput changes (adaptive prefetch up to 2000, lingering
-flusher, ...): each test here fails on the reviewed code because of the bug it names."""
+"""Review of the Redis worker's throughput changes (adaptive prefetch, which then held up to
+2,000 jobs, and the lingering flusher): each test here failed on the reviewed code because of the
+bug its docstring describes, and checks the behaviour that replaced it."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class SlowJobs:
     """Slow jobs: each records which thread ran it, then blocks until the gate opens."""
 
     def __init__(self, tasks: TaskRegistry) -> None:
+        self.tasks = tasks
         self.gate = threading.Event()
         self.lock = threading.Condition()
         self.ran_by: dict[int, str] = {}
@@ -57,6 +59,23 @@ class SlowJobs:
             return sorted(i for i, name in self.ran_by.items() if name.startswith(prefix))
 
 
+def _slow_jobs_after_a_burst(
+    make_worker: MakeWorker, burst: str = "no-op"
+) -> tuple[FakeClock, SlowJobs, RedisWorker, RedisQueue]:
+    """Worker A on a fake clock, its rate spiked by a burst of quick jobs; "slow" jobs registered."""
+    clock = FakeClock(start=100.0, wall_start=WALL, max_real_wait_s=0.05)
+    tasks = TaskRegistry()
+
+    @tasks.task("fast")
+    def fast() -> None:
+        pass
+
+    slow = SlowJobs(tasks)
+    a, queue = make_worker(tasks, clock=clock, name="A")
+    _spike_the_rate(burst, a, queue, clock)
+    return clock, slow, a, queue
+
+
 def _spike_the_rate(kind: str, worker: RedisWorker, queue: RedisQueue, clock: FakeClock) -> None:
     """200 jobs that end at once (no-ops, or jobs dead-lettered for an unknown task), then 10 ms
     of fake time: the worker's next rate sample says 20,000 jobs/s, i.e. a buffer of 1000."""
@@ -70,28 +89,17 @@ def _spike_the_rate(kind: str, worker: RedisWorker, queue: RedisQueue, clock: Fa
 
 
 @pytest.mark.parametrize("burst", ["no-op", "unknown-task"])
-def test_after_a_burst_of_quick_jobs_one_process_hoards_the_slow_jobs_behind_it(
+def test_after_a_burst_of_quick_jobs_one_process_does_not_hoard_the_slow_jobs_behind_it(
     make_worker: MakeWorker, burst: str
 ) -> None:
     """Adaptive prefetch sizes the buffer from the *past* completion rate ("up at once, down
     gently"). A burst of quick jobs (or of jobs dead-lettered without running: an unknown task)
-    makes the next fetch take up to 2000 jobs, whatever they are. Slow jobs queued behind the
-    burst then all sit in one process's local buffer, behind its 2 threads, while a second
-    process finds the queue empty and idles. Documented: "for jobs of 25 ms or more it stays
-    2 * max_workers" and "a prefetched job still waits in this process for about that window
-    [50 ms] at most"; with a fixed prefetch of 2 * max_workers (the old default) B gets 94 jobs."""
-    clock = FakeClock(start=100.0, wall_start=WALL, max_real_wait_s=0.05)
-    tasks = TaskRegistry()
-
-    @tasks.task("fast")
-    def fast() -> None:
-        pass
-
-    slow = SlowJobs(tasks)
-    a, queue = make_worker(tasks, clock=clock, name="A")
-    b, _ = make_worker(tasks, clock=clock, name="B")
+    made the next fetch take up to 2,000 jobs, whatever they were: slow jobs queued behind the
+    burst all sat in one process's buffer, behind its 2 threads, while a second process found the
+    queue empty and idled. The buffer is now capped (64), so the second process gets some."""
+    clock, slow, a, queue = _slow_jobs_after_a_burst(make_worker, burst)
+    b, _ = make_worker(slow.tasks, clock=clock, name="B")
     try:
-        _spike_the_rate(burst, a, queue, clock)
         queue.submit_many("slow", [(i,) for i in range(100)])
         slow.started(2)  # A's two threads are busy with slow jobs
         b.start()
@@ -102,22 +110,12 @@ def test_after_a_burst_of_quick_jobs_one_process_hoards_the_slow_jobs_behind_it(
         slow.gate.set()
 
 
-def test_pause_does_not_stop_a_hoarded_buffer_from_starting(make_worker: MakeWorker) -> None:
-    """The fleet's pause ("no worker fetches; running jobs finish") must also stop the local
-    buffer from starting, within a heartbeat. With the adaptive buffer grown by a burst
-    (see above) that is up to 2000 jobs started after the pause, not the 2 * max_workers the
-    old default allowed."""
-    clock = FakeClock(start=100.0, wall_start=WALL, max_real_wait_s=0.05)
-    tasks = TaskRegistry()
-
-    @tasks.task("fast")
-    def fast() -> None:
-        pass
-
-    slow = SlowJobs(tasks)
-    a, queue = make_worker(tasks, clock=clock, name="A")
+def test_a_pause_stops_the_buffer_from_starting(make_worker: MakeWorker) -> None:
+    """The fleet's pause ("no worker fetches; running jobs finish") was seen only by the fetch:
+    buffered jobs kept starting, after a burst up to 2,000 of them. Now the worker gives its
+    buffer back within a heartbeat of the pause."""
+    clock, slow, a, queue = _slow_jobs_after_a_burst(make_worker)
     try:
-        _spike_the_rate("no-op", a, queue, clock)
         queue.submit_many("slow", [(i,) for i in range(60)])
         slow.started(2)
         queue.set_paused(True)
@@ -138,25 +136,15 @@ def test_pause_does_not_stop_a_hoarded_buffer_from_starting(make_worker: MakeWor
         queue.set_paused(False)
 
 
-def test_buffered_jobs_whose_lease_was_lost_are_still_run(
+def test_buffered_jobs_whose_lease_was_lost_are_not_run(
     make_worker: MakeWorker, raw: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The heartbeat learns which leases this process no longer holds (they expired while it
-    could not reach Redis, or it was suspended, and other workers took the jobs), logs "they run
-    again elsewhere"... and still runs every one of them that was only buffered. With a buffer
-    of up to 2000 jobs, a process back from a partition or a pause longer than lease_s runs up
-    to 2000 jobs a second time although it knows, before starting them, that it must not."""
-    clock = FakeClock(start=100.0, wall_start=WALL, max_real_wait_s=0.05)
-    tasks = TaskRegistry()
-
-    @tasks.task("fast")
-    def fast() -> None:
-        pass
-
-    slow = SlowJobs(tasks)
-    a, queue = make_worker(tasks, clock=clock, name="A")
+    could not reach Redis, or it was suspended, and other workers took the jobs). It logged
+    "they run again elsewhere" and still ran every one that was only buffered; now those are
+    dropped before they start."""
+    clock, slow, a, queue = _slow_jobs_after_a_burst(make_worker)
     try:
-        _spike_the_rate("no-op", a, queue, clock)
         ids = queue.submit_many("slow", [(i,) for i in range(40)])
         slow.started(2)
         eventually(lambda: a.status().leased == 40, what="A to hold all 40 slow jobs")
@@ -178,14 +166,12 @@ def test_buffered_jobs_whose_lease_was_lost_are_still_run(
         slow.gate.set()
 
 
-def test_a_large_result_wedges_the_flusher_and_every_outcome_behind_it(private_redis: Any) -> None:
-    """Every job's return value now travels in the settle batch (encode_result, sent even when
-    nobody waits for a reply), with no bound on its size nor on the batch's bytes. A batch that
-    Redis refuses (here: bigger than proto-max-bulk-len, 512 MB by default, lowered to 1 MB to keep
-    the test small; 1000 outcomes of 600 KB reach the default) is retried unchanged for ever: the
-    outcomes behind it are never recorded, and the heartbeat keeps renewing their leases, so
-    nobody else runs them either. The process stays up, reports Redis as unavailable, and keeps
-    fetching (capacity frees at decision time, not at flush), so it swallows the queue."""
+def test_a_large_result_does_not_wedge_the_flusher(private_redis: Any) -> None:
+    """Every job's return value travels in the settle batch (encode_result, sent even when nobody
+    waits for a reply). Unbounded, a batch that Redis refused (here: bigger than
+    proto-max-bulk-len, 512 MB by default, lowered to 1 MB to keep the test small) was retried
+    unchanged for ever, and the outcomes behind it were never recorded. A result over 1 MiB is
+    now reported as unencodable instead."""
     import redis as redis_py
 
     admin = redis_py.Redis.from_url(private_redis.url)
